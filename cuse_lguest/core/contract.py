@@ -1,0 +1,67 @@
+"""What the device layer needs from the hypervisor core, and nothing more.
+
+The device (the seed's `lguest_user.c`) creates one Guest per open file at
+LHREQ_INITIALIZE, runs it from read(), pokes interrupts into it from write(),
+and destroys it at release.  Keeping that surface this small lets the device
+be tested on its own and lets the core grow without the device noticing.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+
+class RunExit(enum.Enum):
+    """Why Guest.run() came back to the device."""
+    NOTIFY = "notify"            # the Guest issued NOTIFY(value) and no eventfd claimed it
+    DEAD = "dead"                # the Guest died during this run; see Guest.death
+    INTERRUPTED = "interrupted"  # Guest.interrupt() was called (a fatal signal, or shutdown)
+
+
+class GuestSetupError(Exception):
+    """INITIALIZE could not build a Guest.  `errno` is what write() returns (positive)."""
+
+    def __init__(self, errno_: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+@dataclass(frozen=True)
+class GuestParams:
+    """The three INITIALIZE words plus who sent them.
+
+    `pid` is the launcher's thread-group id: `base` is an address in that
+    process.  `claim_notify(value)` is the eventfd table's lookup: it signals
+    the first eventfd registered for `value` and returns True, or returns
+    False so that run() hands the value back to the launcher.
+    """
+    pid: int
+    base: int
+    pfnlimit: int
+    start: int
+    claim_notify: Callable[[int], bool]
+    name: str = "guest"
+
+
+class Guest(Protocol):
+    """One Guest with one vCPU.  run() is called only from the owner thread."""
+
+    @property
+    def death(self) -> str | int | None:
+        """None while alive; the first kill reason (str), or ERESTART/ENOMEM (int)."""
+
+    def run(self) -> tuple[RunExit, int]:
+        """Run until NOTIFY (value), death (0) or interrupt (0).  Never raises for Guest faults."""
+
+    def irq(self, irq: int) -> None:
+        """Mark IRQ `irq` (< LGUEST_IRQS) pending and wake or kick the vCPU.  Any thread."""
+
+    def interrupt(self) -> None:
+        """Make the current (or the next) run() return INTERRUPTED promptly.  Any thread."""
+
+    def destroy(self) -> None:
+        """Release everything: Unicorn, threads, timers, mappings.  Idempotent."""
+
+
+GuestFactory = Callable[[GuestParams], Guest]
