@@ -1,0 +1,44 @@
+"""`cuse-lguest`: the command line.  Each subcommand lives in its own module.
+
+A subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their subcommand runs, so `serve` never pays
+for what `demo` needs, and a missing optional piece breaks only its command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "serve": ("cuse_lguest.serve", "register /dev/lguest through CUSE and serve launchers (foreground)"),
+    "demo": ("cuse_lguest.demo", "start the service and boot the demo guest (inside a VM if this host has no /dev/cuse)"),
+    "doctor": ("cuse_lguest.doctor", "check this machine and the installation, and say what to fix"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cuse-lguest", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (modname, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=modname)
+        # Only the chosen subcommand's module is imported (see main()).
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Parse the subcommand name first, then let its module add its own options.
+    known, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    module = importlib.import_module(known._module)
+    sub = argparse.ArgumentParser(prog=f"cuse-lguest {known.command}",
+                                  description=SUBCOMMANDS[known.command][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    return module.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
