@@ -1,0 +1,95 @@
+"""Guest RAM that a test (or the in-process launcher) owns, laid out like a launcher's.
+
+A launcher gives the host a `base` address in its own memory: guest-physical 0
+is `base`, and the Guest may touch `pfnlimit` pages from there.  The project's
+launcher allocates that range as a MAP_SHARED memfd so the host can map the
+same pages (shared mode).  This class does exactly that inside the calling
+process, with the historical guard pages around it, so in-process tests go
+through the very same `/proc/<pid>/map_files` path as a real launcher.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+from elftools.elf.elffile import ELFFile
+
+from cuse_lguest import abi
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class GuestRam:
+    """`mem_bytes` of RAM plus the 1 MiB device area, between two inaccessible guard pages.
+
+    `buf` is a writable mmap of the whole guest-physical range [0, size) and
+    `base` is its address in this process: the value INITIALIZE sends.
+    """
+
+    def __init__(self, mem_bytes: int, device_pages: int = abi.DEVICE_PAGES) -> None:
+        if mem_bytes <= 0 or mem_bytes % abi.PAGE_SIZE:
+            raise ValueError(f"guest memory must be a positive multiple of {abi.PAGE_SIZE} bytes")
+        self.mem = mem_bytes
+        self.size = mem_bytes + device_pages * abi.PAGE_SIZE
+        self._fd = os.memfd_create("lguest-guest-ram", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, self.size)
+        # Reserve guard + RAM + guard with no access, then put the shared memfd over the middle.
+        self._span = self.size + 2 * abi.PAGE_SIZE
+        self._reserve = _libc.mmap(None, self._span, mmap.PROT_NONE,
+                                   mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if self._reserve in (None, _MAP_FAILED):
+            raise OSError(ctypes.get_errno(), "cannot reserve guest address space")
+        self.base = self._reserve + abi.PAGE_SIZE
+        got = _libc.mmap(self.base, self.size, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_SHARED | _MAP_FIXED, self._fd, 0)
+        if got != self.base:
+            _libc.munmap(self._reserve, self._span)
+            raise OSError(ctypes.get_errno(), "cannot place guest RAM over its reservation")
+        # A second, ordinary Python view of the same pages for loading and inspection.
+        self.buf = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    @property
+    def device_page(self) -> int:
+        """gpa of the lguest device page: the first page above RAM."""
+        return self.mem
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self.buf.close()
+        _libc.munmap(self._reserve, self._span)
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> "GuestRam":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_elf(buf: mmap.mmap | bytearray | memoryview, path: str | os.PathLike) -> int:
+    """Copy each PT_LOAD segment's file bytes to gpa = p_paddr; return e_entry (spec §2.3).
+
+    Like the historical launcher it insists on an i386 executable and does not
+    zero past p_filesz: the Guest clears its own BSS (our RAM starts zeroed anyway).
+    """
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if elf.elfclass != 32 or elf["e_machine"] != "EM_386" or elf["e_type"] != "ET_EXEC":
+            raise ValueError(f"{path}: not an i386 ET_EXEC ELF kernel")
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_LOAD":
+                continue
+            data = seg.data()
+            paddr = seg["p_paddr"]
+            if paddr + len(data) > len(buf):
+                raise ValueError(f"{path}: segment at {paddr:#x}+{len(data):#x} is beyond guest memory")
+            buf[paddr:paddr + len(data)] = data
+        return elf["e_entry"]
