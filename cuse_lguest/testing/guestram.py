@@ -41,7 +41,7 @@ class GuestRam:
         os.ftruncate(self._fd, self.size)
         # Reserve guard + RAM + guard with no access, then put the shared memfd over the middle.
         self._span = self.size + 2 * abi.PAGE_SIZE
-        self._reserve = _libc.mmap(None, self._span, mmap.PROT_NONE,
+        self._reserve = _libc.mmap(None, self._span, 0,  # PROT_NONE
                                    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
         if self._reserve in (None, _MAP_FAILED):
             raise OSError(ctypes.get_errno(), "cannot reserve guest address space")
