@@ -1,0 +1,255 @@
+"""The seed: what `/dev/lguest` does with each open file (3.x `lguest_user.c`).
+
+An open file holds at most one Guest.  The launcher talks to it with three
+calls and nothing else:
+
+* write() carries a request: LHREQ_INITIALIZE creates the Guest, LHREQ_IRQ
+  makes an interrupt pending, LHREQ_EVENTFD wires a NOTIFY value to an eventfd;
+* read() runs the Guest until it has something to say: a NOTIFY value (one
+  word), its death (ENOENT, or ERESTART for a reboot, then the reason), or an
+  interruption;
+* the last close() frees everything.
+
+This layer knows nothing about FUSE and nothing about Unicorn.  It takes
+(caller thread id, file handle, offset, bytes) and gives back bytes or a
+negative errno, so every path of the seed can be tested directly.  The file
+offset names the vCPU; a 3.x Guest has exactly one, number 0.  (Through the
+kernel's CUSE the offset always arrives as 0; see docs/architecture.md.)
+
+Requests are made of the launcher's words.  The historical launcher is a
+32-bit program and sends 4-byte words; a 64-bit build sends 8-byte words.
+The word size of an open file is fixed at INITIALIZE from the caller's ELF
+class and the length it wrote, and every later request must have that shape.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import struct
+import threading
+from typing import Callable
+
+from cuse_lguest import abi, procs
+from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, RunExit
+from cuse_lguest.eventfds import EventfdTable
+
+log = logging.getLogger("cuse_lguest.device")
+
+_WORD_FORMAT = {4: "<I", 8: "<Q"}
+_RELEASE_WAIT = 5.0  # seconds a release waits for an interrupted read to leave the Guest
+
+
+class _OpenFile:
+    """Per-open-file state.  `guest` is attached once, by INITIALIZE, and never replaced."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # signalled when a read leaves the Guest
+        self.reading = False
+        self.guest = None
+        self.word = 0             # 4 or 8 once INITIALIZE succeeded
+        self.owner_tid = 0        # the only thread allowed to run the Guest
+        self.eventfds = EventfdTable()
+        self.released = False
+
+
+class Device:
+    """Every open file of one `/dev/lguest` node, keyed by file handle."""
+
+    def __init__(self, guest_factory: GuestFactory | None = None, *,
+                 caller_word_size: Callable[[int], int | None] = procs.word_size_of) -> None:
+        if guest_factory is None:
+            from cuse_lguest.core import create_guest
+            guest_factory = create_guest
+        self._factory = guest_factory
+        self._caller_word_size = caller_word_size
+        self._files: dict[int, _OpenFile] = {}
+        self._fh = itertools.count(1)
+        self._lock = threading.Lock()
+        # The seed serialised every INITIALIZE with one global mutex; so do we.
+        self._init_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ open/release
+    def open(self) -> int:
+        """A new open file with no Guest (the 4.x lesson: never inherit state)."""
+        fh = next(self._fh)
+        with self._lock:
+            self._files[fh] = _OpenFile()
+        return fh
+
+    def release(self, fh: int) -> None:
+        """The last close: free the Guest, its eventfds and everything it held.  Never fails."""
+        with self._lock:
+            f = self._files.pop(fh, None)
+        if f is None:
+            return
+        with f.lock:
+            f.released = True
+            guest = f.guest
+            if guest is not None:
+                # Normally no read is in flight at the last close; at service
+                # shutdown there may be one.  Stop it before freeing its Guest.
+                guest.interrupt()
+                if not f.idle.wait_for(lambda: not f.reading, timeout=_RELEASE_WAIT):
+                    log.error("release: a read did not leave its Guest within %.0f s", _RELEASE_WAIT)
+            f.guest = None
+        if guest is not None:
+            guest.destroy()
+        f.eventfds.close()
+
+    def interrupt(self, fh: int) -> None:
+        """End a read in progress on `fh` with EINTR (a fatal signal, or shutdown).
+
+        Only a read in flight is interrupted: a late interrupt must not make
+        the launcher's *next* read fail, which it would treat as fatal.
+        """
+        f = self._files.get(fh)
+        if f is None:
+            return
+        with f.lock:
+            if f.reading and f.guest is not None:
+                f.guest.interrupt()
+
+    def shutdown(self) -> None:
+        """Release every open file: the service is going away."""
+        for fh in list(self._files):
+            self.release(fh)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    # ------------------------------------------------------------------ write
+    def write(self, tid: int, fh: int, offset: int, data: bytes) -> int:
+        """Serve one request.  Returns the count for the launcher (>= 0) or -errno."""
+        f = self._files.get(fh)
+        if f is None:
+            return -errno.EBADF
+        word = f.word or 4
+        if len(data) < word:
+            return -errno.EFAULT          # the request word itself is unreadable
+        req = int.from_bytes(data[:word], "little")
+        if req == abi.LHREQ_INITIALIZE:
+            return self._initialize(tid, f, data)
+        if f.guest is None or offset >= 1:
+            return -errno.EINVAL
+        if f.guest.death is not None:
+            return -errno.ENOENT
+        if req not in (abi.LHREQ_IRQ, abi.LHREQ_EVENTFD):
+            return -errno.EINVAL          # GETDMA, BREAK and anything unknown
+        args = self._payload(f, req, data)
+        if isinstance(args, int):
+            return args
+        if req == abi.LHREQ_IRQ:
+            return self._irq(f, *args)
+        return self._eventfd(tid, f, *args)
+
+    def _payload(self, f: _OpenFile, req: int, data: bytes) -> tuple[int, ...] | int:
+        """The words after the request code, or -errno if the write has the wrong shape."""
+        n = abi.LHREQ_PAYLOAD_WORDS[req]
+        want = (1 + n) * f.word
+        if len(data) < want:
+            return -errno.EFAULT
+        if len(data) != want:
+            return -errno.EINVAL
+        return struct.unpack_from("<" + _WORD_FORMAT[f.word][1] * n, data, f.word)
+
+    def _initialize(self, tid: int, f: _OpenFile, data: bytes) -> int:
+        with self._init_lock, f.lock:
+            if f.guest is not None:
+                return -errno.EBUSY       # "close and reopen to start again"
+            if f.released:
+                return -errno.EBADF
+            try:
+                pid = procs.tgid_of(tid)
+            except ProcessLookupError:
+                return -errno.ESRCH
+            word = self._caller_word_size(pid)
+            if word is None:
+                word = abi.INITIALIZE_LEN_TO_WORD.get(len(data))
+                if word is None:
+                    return -errno.EFAULT if len(data) < 16 else -errno.EINVAL
+            want = 4 * word
+            if len(data) < want:
+                return -errno.EFAULT
+            if len(data) != want:
+                log.warning("INITIALIZE of %d bytes from %s, whose words are %d bytes: refused",
+                            len(data), procs.describe(pid), word)
+                return -errno.EINVAL
+            _, base, pfnlimit, start = struct.unpack("<4" + _WORD_FORMAT[word][1], data)
+            params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
+                                 claim_notify=f.eventfds.claim, name=procs.describe(pid))
+            try:
+                guest = self._factory(params)
+            except GuestSetupError as e:
+                log.warning("INITIALIZE from %s refused: %s", params.name, e)
+                return -e.errno
+            except MemoryError:
+                return -errno.ENOMEM
+            f.guest, f.word, f.owner_tid = guest, word, tid
+            log.info("guest created for %s: base %#x, %d pages, start %#x, %d-bit launcher",
+                     params.name, base, pfnlimit, start, 8 * word)
+            return 3 * word
+
+    def _irq(self, f: _OpenFile, irq: int) -> int:
+        if irq >= abi.LGUEST_IRQS:
+            return -errno.EINVAL
+        f.guest.irq(irq)
+        return 0
+
+    def _eventfd(self, tid: int, f: _OpenFile, addr: int, fd: int) -> int:
+        if addr == 0:
+            return -errno.EINVAL
+        try:
+            ours = procs.duplicate_fd(tid, fd)
+        except OSError as e:
+            if e.errno in (errno.EBADF, errno.ESRCH):   # closed fd, or the caller is gone
+                return -errno.EBADF
+            log.warning("LHREQ_EVENTFD: cannot copy fd %d from task %d: %s", fd, tid, e)
+            return -(e.errno or errno.EBADF)
+        if not procs.is_eventfd(ours):
+            os.close(ours)
+            return -errno.EINVAL
+        f.eventfds.register(addr, ours)
+        return 0
+
+    # ------------------------------------------------------------------ read
+    def read(self, tid: int, fh: int, offset: int, size: int) -> bytes | int:
+        """Run the Guest (blocking) and return what the launcher reads, or -errno."""
+        f = self._files.get(fh)
+        if f is None:
+            return -errno.EBADF
+        guest = f.guest
+        if guest is None:
+            return -errno.EINVAL
+        if (offset & 0xFFFFFFFF) >= 1:
+            return -errno.EINVAL
+        if tid != f.owner_tid:
+            return -errno.EPERM
+        death = guest.death
+        if death is not None:
+            return self._death_report(death, size)
+        with f.lock:
+            if f.released:
+                return -errno.EBADF
+            f.reading = True
+        try:
+            how, value = guest.run()
+        finally:
+            with f.lock:
+                f.reading = False
+                f.idle.notify_all()
+        if how is RunExit.NOTIFY:
+            return struct.pack(_WORD_FORMAT[f.word], value)[:size]
+        if how is RunExit.INTERRUPTED:
+            return -errno.EINTR
+        return -abi.ERESTART if guest.death == abi.ERESTART else -errno.ENOENT
+
+    @staticmethod
+    def _death_report(death: str | int, size: int) -> bytes | int:
+        """After the dying read: the error code forever, or the reason with its NUL if it fits."""
+        if isinstance(death, int):
+            return -death
+        text = death.encode(errors="replace") + b"\0"
+        return text[:size]
