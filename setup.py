@@ -11,6 +11,8 @@ setup(
     install_requires=["cffi>=1.15", "unicorn==2.1.4", "psutil>=5.9", "pyelftools>=0.29"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     # Native pieces built with cffi; each module's builder lives beside it.
-    cffi_modules=[],
+    cffi_modules=[
+        "cuse_lguest/cuse/_build.py:ffibuilder",
+    ],
     entry_points={"console_scripts": ["cuse-lguest=cuse_lguest.cli:main"]},
 )

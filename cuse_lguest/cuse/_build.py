@@ -1,0 +1,335 @@
+"""cffi (API mode) builder for the libfuse3 CUSE binding: `cuse_lguest.cuse._fuse_cffi`.
+
+Built by setup.py (`cffi_modules`) against Debian's libfuse3-dev 3.14.  For a
+source checkout: `python3 setup.py build_ext --inplace`.
+
+Why a little C lives here instead of Python:
+
+* The custom-io `read` runs on libfuse worker threads that libfuse may
+  `pthread_cancel` while they wait for the next request (fuse_session_loop_mt
+  cancels idle workers when it ends).  Cancelling a thread inside a Python
+  frame corrupts the interpreter, so the wait must be pure C.
+* libfuse 3.14 trusts the framing of what it reads: a short message stops the
+  whole session ("short read", -EIO), and a WRITE whose size field exceeds
+  the message makes it read past the request.  The `cl_read` guard checks
+  each message before libfuse sees it and answers or drops a malformed one,
+  so a bad peer can never end or crash the service.  The kernel never sends
+  such messages, so on a genuine /dev/cuse the guard only costs a few
+  comparisons.
+* Stopping: every worker waits in poll() on the session fd *and* a stop
+  eventfd.  Making the stop fd readable makes `cl_read` report ENODEV, which
+  libfuse treats as "connection gone" and leaves its loop cleanly.  This works
+  the same on /dev/cuse and on a test socketpair, without signals.
+* ioctl is answered ENOTTY in C: the 3.x lguest device had no ioctl, and a
+  character device without one answers ENOTTY.  poll stays unset, so libfuse
+  answers ENOSYS and the kernel falls back to the default poll mask, which
+  is also what a device without a poll method gives.
+
+FUSE_USE_VERSION is 312 ("3.12"), never 35 ("3.5"): 35 routes
+fuse_session_loop_mt to the old loop-config ABI (see the lab README gotcha 1).
+"""
+from __future__ import annotations
+
+import subprocess
+
+from cffi import FFI
+
+FUSE_USE_VERSION = 312
+
+CDEF = r"""
+typedef int... uid_t;
+typedef int... gid_t;
+typedef int... pid_t;
+typedef int... mode_t;
+typedef int... off_t;
+typedef struct fuse_req *fuse_req_t;
+struct fuse_session;
+struct fuse_conn_info;
+
+struct fuse_file_info {
+    int flags;
+    uint64_t fh;
+    ...;
+};
+
+struct fuse_ctx {
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    mode_t umask;
+};
+
+struct cl_link {
+    int stop_fd;
+    unsigned max_write;
+    unsigned long dropped;
+    unsigned long refused;
+    void *handle;
+};
+
+struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
+int cl_attach(struct fuse_session *se, int fd);
+int cl_loop(struct fuse_session *se, unsigned max_threads);
+
+int fuse_version(void);
+void *fuse_req_userdata(fuse_req_t req);
+const struct fuse_ctx *fuse_req_ctx(fuse_req_t req);
+typedef void (*fuse_interrupt_func_t)(fuse_req_t req, void *data);
+void fuse_req_interrupt_func(fuse_req_t req, fuse_interrupt_func_t func, void *data);
+int fuse_req_interrupted(fuse_req_t req);
+
+int fuse_reply_err(fuse_req_t req, int err);
+void fuse_reply_none(fuse_req_t req);
+int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi);
+int fuse_reply_write(fuse_req_t req, size_t count);
+int fuse_reply_buf(fuse_req_t req, const char *buf, size_t size);
+
+void fuse_session_exit(struct fuse_session *se);
+int fuse_session_exited(struct fuse_session *se);
+void fuse_session_destroy(struct fuse_session *se);
+
+extern "Python+C" void cl_py_init_done(void *userdata);
+extern "Python+C" void cl_py_open(fuse_req_t req, struct fuse_file_info *fi);
+extern "Python+C" void cl_py_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+extern "Python+C" void cl_py_write(fuse_req_t req, const char *buf, size_t size, off_t off,
+                                   struct fuse_file_info *fi);
+extern "Python+C" void cl_py_release(fuse_req_t req, struct fuse_file_info *fi);
+extern "Python+C" void cl_py_interrupt(fuse_req_t req, void *data);
+"""
+
+SOURCE = r"""
+#define FUSE_USE_VERSION %(version)d
+#include <cuse_lowlevel.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+/* What the session's userdata points at: shared by C and Python. */
+struct cl_link {
+    int stop_fd;            /* readable => every worker leaves (ENODEV)        */
+    unsigned max_write;     /* the max_write we negotiate and enforce          */
+    unsigned long dropped;  /* messages too short to answer                   */
+    unsigned long refused;  /* messages answered with an error by the guard    */
+    void *handle;           /* the Python session object (cffi handle)         */
+};
+
+void cl_py_init_done(void *userdata);
+void cl_py_open(fuse_req_t req, struct fuse_file_info *fi);
+void cl_py_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void cl_py_write(fuse_req_t req, const char *buf, size_t size, off_t off,
+                 struct fuse_file_info *fi);
+void cl_py_release(fuse_req_t req, struct fuse_file_info *fi);
+void cl_py_interrupt(fuse_req_t req, void *data);
+
+/* <linux/fuse.h> layouts, restated: including that header beside libfuse's
+ * public ones redefines macros. */
+struct cl_in_header {
+    uint32_t len, opcode;
+    uint64_t unique, nodeid;
+    uint32_t uid, gid, pid;
+    uint16_t total_extlen, padding;
+};
+struct cl_out_header { uint32_t len; int32_t error; uint64_t unique; };
+
+enum { CL_OPEN = 14, CL_READ = 15, CL_WRITE = 16, CL_RELEASE = 18, CL_FSYNC = 20,
+       CL_FLUSH = 25, CL_INTERRUPT = 36, CL_DESTROY = 38, CL_IOCTL = 39, CL_POLL = 40,
+       CL_CUSE_INIT = 4096 };
+
+/* The argument size libfuse reads for each opcode a CUSE kernel sends, or
+ * -1 for an opcode CUSE never uses. */
+static long cl_arg_size(uint32_t opcode)
+{
+    switch (opcode) {
+    case CL_CUSE_INIT: return 16;   /* cuse_init_in      */
+    case CL_OPEN:      return 8;    /* fuse_open_in      */
+    case CL_READ:      return 40;   /* fuse_read_in      */
+    case CL_WRITE:     return 40;   /* fuse_write_in     */
+    case CL_RELEASE:   return 24;   /* fuse_release_in   */
+    case CL_FSYNC:     return 16;   /* fuse_fsync_in     */
+    case CL_FLUSH:     return 24;   /* fuse_flush_in     */
+    case CL_INTERRUPT: return 8;    /* fuse_interrupt_in */
+    case CL_DESTROY:   return 0;
+    case CL_IOCTL:     return 32;   /* fuse_ioctl_in     */
+    case CL_POLL:      return 24;   /* fuse_poll_in      */
+    default:           return -1;
+    }
+}
+
+/* 0: pass to libfuse; -1: drop silently; >0: answer with this errno. */
+static int cl_check(const struct cl_link *l, const char *msg, size_t n)
+{
+    struct cl_in_header h;
+    uint32_t v;
+    long arg;
+
+    if (n < sizeof h)
+        return -1;                      /* no header to answer to */
+    memcpy(&h, msg, sizeof h);
+    arg = cl_arg_size(h.opcode);
+    if (h.opcode == CL_INTERRUPT)       /* INTERRUPT is never answered */
+        return (h.len == n && n >= sizeof h + arg) ? 0 : -1;
+    if (h.len != n)
+        return EINVAL;                  /* length field disagrees with the message */
+    if (arg < 0)
+        return ENOSYS;
+    if (n < sizeof h + arg)
+        return EINVAL;
+    if (h.opcode == CL_WRITE) {
+        memcpy(&v, msg + sizeof h + 16, 4);          /* fuse_write_in.size */
+        if (v > l->max_write)
+            return EINVAL;
+        if ((uint64_t)n != sizeof h + 40 + (uint64_t)v)
+            return EINVAL;
+    }
+    if (h.opcode == CL_IOCTL) {
+        memcpy(&v, msg + sizeof h + 24, 4);          /* fuse_ioctl_in.in_size */
+        if ((uint64_t)n != sizeof h + 32 + (uint64_t)v)
+            return EINVAL;
+    }
+    return 0;
+}
+
+static void cl_answer(int fd, const char *msg, int err)
+{
+    struct cl_in_header h;
+    struct cl_out_header o;
+
+    memcpy(&h, msg, sizeof h);
+    o.len = sizeof o;
+    o.error = -err;
+    o.unique = h.unique;
+    if (write(fd, &o, sizeof o) < 0) {
+        /* the peer is gone; the next read reports it */
+    }
+}
+
+static ssize_t cl_read(int fd, void *buf, size_t len, void *userdata)
+{
+    struct cl_link *l = userdata;
+
+    for (;;) {
+        struct pollfd p[2] = { { fd, POLLIN, 0 }, { l->stop_fd, POLLIN, 0 } };
+        ssize_t r;
+        int verdict;
+
+        if (poll(p, 2, -1) < 0)
+            return -1;                  /* EINTR: libfuse checks for exit and retries */
+        if (p[1].revents) {
+            errno = ENODEV;
+            return -1;
+        }
+        r = read(fd, buf, len);
+        if (r == 0) {                   /* the peer closed: a clean end, not EIO */
+            errno = ENODEV;
+            return -1;
+        }
+        if (r < 0)
+            return -1;
+        verdict = cl_check(l, buf, (size_t)r);
+        if (verdict == 0)
+            return r;
+        if (verdict > 0) {
+            cl_answer(fd, buf, verdict);
+            l->refused++;
+        } else {
+            l->dropped++;
+        }
+    }
+}
+
+static ssize_t cl_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+    (void)userdata;
+    return writev(fd, iov, count);
+}
+
+static void cl_init(void *userdata, struct fuse_conn_info *conn)
+{
+    struct cl_link *l = userdata;
+    if (conn->max_write > l->max_write)
+        conn->max_write = l->max_write;
+    l->max_write = conn->max_write;
+}
+
+static void cl_ioctl(fuse_req_t req, int cmd, void *arg, struct fuse_file_info *fi,
+                     unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
+{
+    (void)cmd; (void)arg; (void)fi; (void)flags; (void)in_buf; (void)in_bufsz; (void)out_bufsz;
+    fuse_reply_err(req, ENOTTY);
+}
+
+static const struct cuse_lowlevel_ops cl_ops = {
+    .init = cl_init,
+    .init_done = cl_py_init_done,
+    .open = cl_py_open,
+    .read = cl_py_read,
+    .write = cl_py_write,
+    .release = cl_py_release,
+    .ioctl = cl_ioctl,
+};
+
+static const struct fuse_custom_io cl_io = { .writev = cl_writev, .read = cl_read };
+
+struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
+{
+    char *argv[] = { (char *)"cuse-lguest", NULL };
+    struct fuse_args args = FUSE_ARGS_INIT(1, argv);
+    const char *info[] = { devinfo };
+    struct cuse_info ci;
+    struct fuse_session *se;
+
+    memset(&ci, 0, sizeof ci);
+    ci.dev_info_argc = 1;
+    ci.dev_info_argv = info;
+    se = cuse_lowlevel_new(&args, &ci, &cl_ops, link);
+    fuse_opt_free_args(&args);
+    return se;
+}
+
+/* Attach `fd` (/dev/cuse, or one end of a socketpair) through our guarded io.
+ * cuse_lowlevel_setup() stores an open /dev/cuse fd in the session the same way. */
+int cl_attach(struct fuse_session *se, int fd)
+{
+    return fuse_session_custom_io(se, &cl_io, fd);
+}
+
+int cl_loop(struct fuse_session *se, unsigned max_threads)
+{
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    int res;
+
+    if (!cfg)
+        return -ENOMEM;
+    fuse_loop_cfg_set_max_threads(cfg, max_threads);
+    res = fuse_session_loop_mt(se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    return res;
+}
+""" % {"version": FUSE_USE_VERSION}
+
+
+def _pkgconfig(flag: str) -> list[str]:
+    """`pkg-config fuse3` output, or Debian's defaults when pkg-config is missing."""
+    try:
+        out = subprocess.run(["pkg-config", flag, "fuse3"], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()
+    except (OSError, subprocess.CalledProcessError):
+        return {"--cflags": ["-I/usr/include/fuse3"], "--libs": ["-lfuse3", "-lpthread"]}[flag]
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+_cflags = _pkgconfig("--cflags")
+_libs = _pkgconfig("--libs")
+ffibuilder.set_source(
+    "cuse_lguest.cuse._fuse_cffi",
+    SOURCE,
+    include_dirs=[f[2:] for f in _cflags if f.startswith("-I")],
+    extra_compile_args=[f for f in _cflags if not f.startswith("-I")],
+    libraries=[f[2:] for f in _libs if f.startswith("-l")],
+    library_dirs=[f[2:] for f in _libs if f.startswith("-L")],
+)
+

@@ -1,0 +1,244 @@
+"""One libfuse CUSE session: the wire, its loop thread, and the Python callbacks.
+
+This module owns everything that touches libfuse objects directly.  It turns
+each request into a call on a *handler* (the server) with plain Python values,
+and gives the handler a `Request` to answer exactly once, from any thread.
+
+Transport facts the handler can rely on (measured on a genuine CUSE device,
+see docs/architecture.md §2):
+
+* `tid` is `fuse_req_ctx()->pid`: the calling *thread* id, not the process id.
+* RELEASE arrives with pid 0, so per-open state is keyed on the file handle.
+* The kernel always sends offset 0 for read and write.  The offset is passed
+  through untouched anyway (a peer over a socket may send another).
+* One signal to a task blocked in our read produces one FUSE INTERRUPT.
+
+Rules that keep libfuse safe from Python: a `fuse_req_t` is answered once (a
+second answer is a use-after-free), and no libfuse function is called while
+holding a lock that an interrupt callback might want (libfuse holds the
+request's own lock while it runs the callback).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from typing import Protocol
+
+from cuse_lguest.cuse.binding import load
+
+ffi, lib = load()
+log = logging.getLogger("cuse_lguest.cuse")
+
+DEFAULT_MAX_WRITE = 65536   # an lguest request is at most 32 bytes; the kernel splits bigger writes
+MAX_THREADS = 16            # workers never hold a running guest, so a few are plenty
+
+
+class Request:
+    """A libfuse request that can be answered once, from any thread."""
+
+    __slots__ = ("_req", "_lock", "_answered", "key")
+
+    def __init__(self, req) -> None:
+        self._req = req
+        self._lock = threading.Lock()
+        self._answered = False
+        self.key = int(ffi.cast("uintptr_t", req))
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._answered:
+                return False
+            self._answered = True
+            return True
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
+
+    def reply_err(self, err: int) -> bool:
+        """Answer with errno `err` (positive; 0 means success with no data)."""
+        if not self._claim():
+            return False
+        lib.fuse_reply_err(self._req, err)
+        return True
+
+    def reply_buf(self, data: bytes) -> bool:
+        if not self._claim():
+            return False
+        lib.fuse_reply_buf(self._req, data, len(data))
+        return True
+
+    def reply_write(self, count: int) -> bool:
+        if not self._claim():
+            return False
+        lib.fuse_reply_write(self._req, count)
+        return True
+
+    def reply_open(self, fi, fh: int) -> bool:
+        """Only valid inside the OPEN callback: `fi` lives as long as it does."""
+        if not self._claim():
+            return False
+        fi.fh = fh
+        lib.fuse_reply_open(self._req, fi)
+        return True
+
+    def watch_interrupts(self, link) -> None:
+        """Have FUSE INTERRUPTs for this request call the handler's on_interrupt(key).
+
+        If the request was interrupted already, libfuse calls back at once, on
+        this thread.
+        """
+        lib.fuse_req_interrupt_func(self._req, lib.cl_py_interrupt, link)
+
+
+class Handler(Protocol):
+    """What the session calls; every method runs on a libfuse worker thread."""
+
+    def on_init_done(self) -> None: ...
+    def on_open(self, req: Request, fi) -> None: ...
+    def on_read(self, req: Request, tid: int, fh: int, offset: int, size: int) -> None: ...
+    def on_write(self, req: Request, tid: int, fh: int, offset: int, data: bytes) -> None: ...
+    def on_release(self, req: Request, fh: int) -> None: ...
+    def on_interrupt(self, key: int) -> None: ...
+
+
+class Session:
+    """A CUSE session announcing DEVNAME=`name`, served by `handler`.
+
+    attach() gives it its wire: an open /dev/cuse, or one end of a
+    SOCK_SEQPACKET socketpair whose other end plays the kernel.  Either way
+    the session owns the fd from then on and closes it in destroy().
+    """
+
+    def __init__(self, handler: Handler, name: str, *, max_write: int = DEFAULT_MAX_WRITE) -> None:
+        self.handler = handler
+        self.name = name
+        self._handle = ffi.new_handle(self)
+        self._link = ffi.new("struct cl_link *")
+        self._link.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self._link.max_write = max_write
+        self._link.handle = self._handle
+        self._se = lib.cl_new(self._link, ("DEVNAME=" + name).encode())
+        if self._se == ffi.NULL:
+            os.close(self._link.stop_fd)
+            raise RuntimeError("cuse_lowlevel_new failed (see libfuse's message above)")
+        self._thread: threading.Thread | None = None
+        self.result: int | None = None
+        self.finished = threading.Event()
+
+    @property
+    def max_write(self) -> int:
+        return self._link.max_write
+
+    @property
+    def refused(self) -> int:
+        """Malformed messages answered with an error before libfuse saw them."""
+        return self._link.refused
+
+    @property
+    def dropped(self) -> int:
+        """Messages too short to answer, dropped before libfuse saw them."""
+        return self._link.dropped
+
+    def attach(self, fd: int) -> None:
+        if lib.cl_attach(self._se, fd) != 0:
+            raise RuntimeError("fuse_session_custom_io failed")
+
+    def start(self) -> None:
+        """Run libfuse's multithreaded loop on a thread of its own."""
+        self._thread = threading.Thread(target=self._loop, name="cuse-loop", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self.result = lib.cl_loop(self._se, MAX_THREADS)
+            log.debug("session loop ended (%d)", self.result)
+        finally:
+            self.finished.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Make the loop end: every worker sees the stop fd and leaves."""
+        if self._thread is None:           # never started: nothing to end
+            self.finished.set()
+            return
+        if not self.finished.is_set():
+            os.eventfd_write(self._link.stop_fd, 1)
+        self._thread.join(timeout)
+
+    def destroy(self) -> None:
+        """Free the session and close its wire.  Only after stop() and every reply."""
+        if self._se != ffi.NULL:
+            lib.fuse_session_destroy(self._se)
+            self._se = ffi.NULL
+            os.close(self._link.stop_fd)
+
+    @property
+    def link(self):
+        return self._link
+
+
+def _session_of(link_ptr) -> Session:
+    return ffi.from_handle(ffi.cast("struct cl_link *", link_ptr).handle)
+
+
+@contextlib.contextmanager
+def _guard(what: str, req: Request | None):
+    """Log a handler's exception and make sure its request is still answered.
+
+    The service never dies because of a request: an exception here would
+    otherwise be printed by cffi and leave the caller blocked for ever.
+    """
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", what)
+        if req is not None:
+            req.reply_err(errno.EIO)
+
+
+@ffi.def_extern()
+def cl_py_init_done(userdata) -> None:
+    with _guard("init_done", None):
+        _session_of(userdata).handler.on_init_done()
+
+
+@ffi.def_extern()
+def cl_py_open(req, fi) -> None:
+    r = Request(req)
+    with _guard("open", r):
+        _session_of(lib.fuse_req_userdata(req)).handler.on_open(r, fi)
+
+
+@ffi.def_extern()
+def cl_py_read(req, size, off, fi) -> None:
+    r = Request(req)
+    with _guard("read", r):
+        tid = lib.fuse_req_ctx(req).pid
+        _session_of(lib.fuse_req_userdata(req)).handler.on_read(r, tid, fi.fh, off, size)
+
+
+@ffi.def_extern()
+def cl_py_write(req, buf, size, off, fi) -> None:
+    r = Request(req)
+    with _guard("write", r):
+        tid = lib.fuse_req_ctx(req).pid
+        data = ffi.unpack(buf, size)
+        _session_of(lib.fuse_req_userdata(req)).handler.on_write(r, tid, fi.fh, off, data)
+
+
+@ffi.def_extern()
+def cl_py_release(req, fi) -> None:
+    r = Request(req)
+    with _guard("release", r):
+        _session_of(lib.fuse_req_userdata(req)).handler.on_release(r, fi.fh)
+
+
+@ffi.def_extern()
+def cl_py_interrupt(req, data) -> None:
+    # Runs with libfuse's lock on `req` held: never answer `req` here, and
+    # never wait for a thread that might be calling into libfuse.
+    with _guard("interrupt", None):
+        _session_of(data).handler.on_interrupt(int(ffi.cast("uintptr_t", req)))

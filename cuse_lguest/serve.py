@@ -1,0 +1,98 @@
+"""`cuse-lguest serve`: register /dev/<name> through CUSE and serve launchers.
+
+Runs in the foreground and logs to stderr.  SIGTERM or SIGINT ends it
+cleanly: every read in flight is answered with an error, every guest is
+destroyed, and the exit code is 0.  When the service cannot start (no
+/dev/cuse, not root, libfuse too old or the binding not built) it says why in
+one sentence and exits 2.
+
+Both signals are blocked in every thread and taken with sigtimedwait() on the
+main thread, so libfuse's worker threads never see them and the shutdown
+runs as ordinary code rather than inside a signal handler.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+
+EXIT_UNAVAILABLE = 2
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="lguest",
+                        help="device name: the node is /dev/NAME (default: lguest)")
+    parser.add_argument("--eintr-on-signal", action="store_true",
+                        help="end a running guest's read() with EINTR for caught signals too "
+                             "(default: only for signals that will kill the launcher)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    # Test hooks, hidden: serve over a socketpair end whose peer plays the
+    # kernel, with a guest factory named MODULE:ATTRIBUTE.
+    parser.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--guest-factory", help=argparse.SUPPRESS)
+
+
+def _fail(sentence: str) -> int:
+    print(f"cuse-lguest serve: {sentence}", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "\0" not in name and "\n" not in name and not name.startswith("/") \
+        and ".." not in name.split("/") and len(name) < 256
+
+
+def _make_device(factory_spec: str | None):
+    from cuse_lguest.device import Device
+    if factory_spec is None:
+        return Device()
+    module, _, attr = factory_spec.partition(":")
+    return Device(getattr(importlib.import_module(module), attr))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not _valid_name(args.name):
+        return _fail(f"{args.name!r} is not a usable device name.")
+    from cuse_lguest.cuse.binding import TransportUnavailable
+    try:
+        from cuse_lguest.cuse.server import Server, open_cuse
+    except TransportUnavailable as e:
+        return _fail(str(e))
+    if args.socket_fd is None:
+        if os.geteuid() != 0:
+            return _fail("it must run as root, because /dev/cuse is only open to root.")
+        try:
+            fd = open_cuse()
+        except TransportUnavailable as e:
+            return _fail(str(e))
+    else:
+        fd = args.socket_fd
+    try:
+        device = _make_device(args.guest_factory)
+    except (ImportError, AttributeError) as e:
+        if args.socket_fd is None:
+            os.close(fd)
+        return _fail(f"the hypervisor core cannot be loaded ({e}).")
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # before any thread starts
+    server = Server(device, name=args.name, eintr_on_signal=args.eintr_on_signal)
+    server.attach_fd(fd)
+    server.start()
+    log = logging.getLogger("cuse_lguest.serve")
+    log.info("serving /dev/%s (pid %d)", args.name, os.getpid())
+    while not server.finished.is_set():
+        sig = signal.sigtimedwait(_STOP_SIGNALS, 0.25)
+        if sig is not None:
+            log.info("%s: shutting down", signal.Signals(sig.si_signo).name)
+            break
+    result = server.shutdown()
+    if result != 0:
+        log.error("the CUSE session ended with error %d", result)
+        return 1
+    return 0
