@@ -15,7 +15,8 @@ extern char __user_start[], __user_data[], __user_end[], __user_phys[];
 
 struct fault { uint32_t cr2, err; };
 
-static uint32_t kfault_va, kfault_fix;
+/* Written here, read by the fault handler the access below triggers. */
+static volatile uint32_t kfault_va, kfault_fix;
 static struct fault kpf, kro, upf, uro;
 static uint32_t gp_err, syscalls;
 
