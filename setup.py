@@ -12,6 +12,7 @@ setup(
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     # Native pieces built with cffi; each module's builder lives beside it.
     cffi_modules=[
+        "cuse_lguest/cpu/_native_build.py:ffibuilder",
         "cuse_lguest/cuse/_build.py:ffibuilder",
     ],
     entry_points={"console_scripts": ["cuse-lguest=cuse_lguest.cli:main"]},

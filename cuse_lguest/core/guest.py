@@ -1,0 +1,140 @@
+"""A Guest as the device layer sees it (contract.Guest), and its cross-thread state.
+
+The vCPU thread runs the Guest inside run().  Other threads only ever touch
+what is here: the pending-IRQ bitmap, the interrupt request and the death
+slot, all under one lock, plus the stop flag that makes a running vCPU look
+at them (see cpu/stopper.py) and a condition variable that wakes a halted
+one.  That is the whole concurrency story: LHREQ_IRQ, the timer and the
+device's interrupt() all reduce to "change state, then kick".
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from cuse_lguest import abi
+from cuse_lguest.core.contract import GuestParams, RunExit
+from cuse_lguest.core.timer import timers
+from cuse_lguest.core.vcpu import VCpu
+from cuse_lguest.memory import open_guest_memory
+
+log = logging.getLogger("cuse_lguest.core")
+
+
+class LguestGuest:
+    """One Guest with one vCPU (implements contract.Guest)."""
+
+    def __init__(self, params: GuestParams) -> None:
+        self.name = params.name
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._run_lock = threading.Lock()
+        self._pending = 0
+        self._from_launcher = False
+        self._interrupt = False
+        self._destroyed = False
+        self._death: str | int | None = None
+        self.memory = open_guest_memory(params.pid, params.base, params.pfnlimit)
+        try:
+            self.vcpu = VCpu(self, params, self.memory)
+        except BaseException:
+            self.memory.close()
+            raise
+        timers.attach()
+
+    # ---- contract.Guest ---------------------------------------------------------
+    @property
+    def death(self) -> str | int | None:
+        return self._death
+
+    def run(self) -> tuple[RunExit, int]:
+        with self._run_lock:
+            if self._death is not None or self._destroyed:
+                return RunExit.DEAD, 0
+            return self.vcpu.run()
+
+    def irq(self, irq: int) -> None:
+        if not 0 <= irq < abi.LGUEST_IRQS:
+            raise ValueError(f"irq {irq} out of range")
+        with self._lock:
+            self._pending |= 1 << irq
+            self._from_launcher = True
+            self._kick()
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupt = True
+            self._kick()
+
+    def destroy(self) -> None:
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            self._interrupt = True
+            self._kick()
+        timers.cancel(self)
+        with self._run_lock:                 # wait for a running vCPU to come out
+            self.vcpu.close()
+            self.memory.close()
+        timers.detach(self)
+
+    # ---- used by the vCPU thread ------------------------------------------------
+    def _kick(self) -> None:
+        """Caller holds the lock: wake a halted vCPU, stop a running one."""
+        self._wake.notify_all()
+        self.vcpu.machine.stop.request()
+
+    def kill(self, reason: str) -> None:
+        """The first reason wins; later ones are ignored (spec §1.5)."""
+        with self._lock:
+            if self._death is not None:
+                return
+            self._death = reason
+        timers.cancel(self)
+        log.warning("guest %s died: %s", self.name, reason.rstrip("\n"))
+
+    def request_restart(self) -> None:
+        """SHUTDOWN(restart): after the CRASH text was recorded, the death becomes ERESTART."""
+        with self._lock:
+            self._death = abi.ERESTART
+
+    def pending_irqs(self) -> int:
+        """The pending bitmap; also performs the LHREQ_IRQ memory sync point once per injection."""
+        with self._lock:
+            pending, launcher, self._from_launcher = self._pending, self._from_launcher, False
+        if launcher:
+            self.memory.on_irq()
+        return pending
+
+    def take_irq(self, irq: int) -> None:
+        with self._lock:
+            self._pending &= ~(1 << irq)
+
+    def take_interrupt_request(self) -> bool:
+        with self._lock:
+            asked, self._interrupt = self._interrupt, False
+            return asked
+
+    def sleep_while_halted(self, vcpu: VCpu) -> None:
+        """HALT: sleep until an unblocked IRQ is pending or the device wants the vCPU back."""
+        blocked_at = vcpu.ld.gpa + abi.LGUEST_DATA_BLOCKED_INTERRUPTS
+        with self._lock:
+            while not self._interrupt and not self._pending & ~self.memory.read_u32(blocked_at):
+                self._wake.wait()
+
+    def set_clockevent(self, delta_ns: int) -> None:
+        if delta_ns == 0:
+            timers.cancel(self)
+        else:
+            timers.arm(self, delta_ns, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        with self._lock:
+            self._pending |= 1
+            self._kick()
+
+
+def create_guest(params: GuestParams) -> LguestGuest:
+    """contract.GuestFactory: build a Guest for one INITIALIZE (raises GuestSetupError)."""
+    return LguestGuest(params)

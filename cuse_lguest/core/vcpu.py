@@ -1,0 +1,180 @@
+"""The vCPU: lguest's run loop (spec §4.1) around Unicorn, and its exit handlers.
+
+run() repeats, in the 3.x order:
+  1. a pending hypercall: the handshake, or drain the async ring then the call;
+  2. a pending NOTIFY: an eventfd claims it (keep going) or run() returns it;
+  4. an interrupt request from the device: return;
+  5. deliver the lowest unblocked pending IRQ if the Guest can take it;
+  7. halted: sleep until an unblocked IRQ is pending;
+  8. enter the Guest until the next exit.
+Exits are handled inside Unicorn's hooks and then steps 1-5 run right there,
+so a hypercall or a trap costs no extra emu_start round trip; the hook only
+stops emulation when run() must return or the Guest halts.  Everything that
+goes wrong in the Guest surfaces as GuestFault and becomes its death.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_PROT,
+                     UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED)
+from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX,
+                               UC_X86_REG_EDX, UC_X86_REG_EIP, UC_X86_REG_ESI)
+
+from cuse_lguest import abi
+from cuse_lguest.core import interrupts
+from cuse_lguest.core.async_ring import AsyncRing
+from cuse_lguest.core.contract import GuestParams, RunExit
+from cuse_lguest.core.handshake import LguestData, lguest_init
+from cuse_lguest.core.hypercalls import Hypercalls
+from cuse_lguest.cpu.machine import Machine
+from cuse_lguest.memory.errors import GuestFault
+from cuse_lguest.memory.guest_memory import GuestMemory
+
+if TYPE_CHECKING:
+    from cuse_lguest.core.guest import LguestGuest
+
+# Guest accesses Unicorn could not satisfy: a page table named a frame outside Guest RAM.
+_MEMORY_ERRORS = frozenset({UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
+                            UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT})
+
+
+class VCpu:
+    """The one vCPU of a Guest.  Everything here runs on the thread inside Guest.run()."""
+
+    def __init__(self, guest: "LguestGuest", params: GuestParams, memory: GuestMemory) -> None:
+        self.guest = guest
+        self.memory = memory
+        self.claim_notify = params.claim_notify
+        self.machine = Machine(memory, params.start)
+        self.regs = self.machine.regs
+        self.calls = Hypercalls(self)
+        self.ld: LguestData | None = None
+        self.ring: AsyncRing | None = None
+        self.idt: list[tuple[int, int, int] | None] = [None] * abi.IDT_ENTRIES
+        self.kernel_stack = (0, 0)
+        self.ts = False
+        self.halted = False
+        self.need_flush = False
+        self.hcall: tuple[int, int, int, int, int] | None = None
+        self.notify = 0
+        self.irqs_delivered = 0
+        self._leave: tuple[RunExit, int] | None = None
+        self.machine.install_hooks(self._on_intr, self._on_invalid)
+
+    # ---- the loop -------------------------------------------------------------
+    def run(self) -> tuple[RunExit, int]:
+        self.memory.at_run_entry()
+        while True:
+            self.machine.stop.clear()          # before looking at pending work: see stopper.py
+            leave, self._leave = self._leave, None
+            if leave is None:
+                leave = self._guarded(self._service)
+            if leave is not None:
+                return leave
+            if self.halted:
+                self.guest.sleep_while_halted(self)
+                continue
+            err = self.machine.enter()
+            self.memory.at_exit()
+            if err in _MEMORY_ERRORS:
+                self.guest.kill("bad page table entry")
+            elif err:
+                self.guest.kill(f"unhandled trap 256 at {self.regs.read(UC_X86_REG_EIP):#x} ({err:#x})")
+            elif self.machine.at_until:
+                self.guest.kill(f"Bad address {self.regs.read(UC_X86_REG_EIP):#x}")
+
+    def _guarded(self, step) -> tuple[RunExit, int] | None:
+        try:
+            return step()
+        except GuestFault as fault:
+            self.guest.kill(fault.reason)
+            return RunExit.DEAD, 0
+
+    def _service(self) -> tuple[RunExit, int] | None:
+        """Steps 1, 2, 4 and 5; a result means run() must return it."""
+        while True:
+            if self.hcall is not None:
+                self._hypercall()
+            if not self.notify:
+                break
+            value, self.notify = self.notify, 0
+            self.memory.before_notify(value)
+            if not self.claim_notify(value):
+                return RunExit.NOTIFY, value
+        if self.guest.death is not None:
+            return RunExit.DEAD, 0
+        if self.guest.take_interrupt_request():
+            return RunExit.INTERRUPTED, 0
+        if self.ld is not None:
+            interrupts.deliver_pending_irq(self)
+        return None
+
+    def _hypercall(self) -> None:
+        nr, a1, a2, a3, a4 = self.hcall
+        if self.ld is None:
+            self.hcall = None
+            if nr != abi.LHCALL_LGUEST_INIT:
+                raise GuestFault(f"hypercall {nr} before INIT")
+            self.ld = lguest_init(self.memory, a1)
+            self.ring = AsyncRing(self.memory, self.ld.gpa)
+            return
+        self.ring.drain(self.calls.execute, lambda: self.notify != 0)
+        if not self.notify:
+            self.hcall = None
+            self.calls.execute(nr, a1, a2, a3, a4)
+        if self.need_flush:
+            self.need_flush = False
+            self.machine.flush_tlb()
+
+    # ---- exits (inside emu_start, on this thread) -----------------------------
+    def _on_intr(self, vector: int) -> None:
+        regs = self.regs
+        try:
+            cpl = regs.read(UC_X86_REG_CS) & 3
+            if vector == abi.LGUEST_TRAP_ENTRY and cpl == abi.GUEST_PL:
+                self.hcall = (regs.read(UC_X86_REG_EAX), regs.read(UC_X86_REG_EBX), regs.read(UC_X86_REG_ECX),
+                              regs.read(UC_X86_REG_EDX), regs.read(UC_X86_REG_ESI))
+            else:
+                ctx = self.machine.ctx
+                ctx.snapshot()
+                err, software = ctx.error_code, ctx.is_int
+                ctx.clear_old_exception()
+                ctx.restore()
+                eip = regs.read(UC_X86_REG_EIP)
+                if software:
+                    interrupts.software_interrupt(self, vector, eip, cpl)
+                else:
+                    interrupts.hardware_trap(self, vector, err, eip)
+            self.memory.at_exit()
+            self._leave = self._service()
+        except GuestFault as fault:
+            self.guest.kill(fault.reason)
+        if self._leave is not None or self.halted or self.guest.death is not None:
+            self.machine.uc.emu_stop()        # safe: we are the vCPU thread, inside a hook
+
+    def _on_invalid(self) -> bool:
+        """ud2 and other undefined opcodes: #UD (6) for the Guest's handler."""
+        try:
+            ctx = self.machine.ctx
+            ctx.snapshot()
+            ctx.clear_old_exception()
+            ctx.restore()
+            interrupts.reflect(self, 6, None, self.regs.read(UC_X86_REG_EIP))
+            return True
+        except GuestFault as fault:
+            self.guest.kill(fault.reason)
+            return False
+
+    # ---- called by hypercalls ---------------------------------------------------
+    def shutdown(self, reason: str, restart: bool) -> None:
+        self.guest.kill(reason)
+        if restart:
+            self.guest.request_restart()
+
+    def set_clockevent(self, delta_ns: int) -> None:
+        self.guest.set_clockevent(delta_ns)
+
+    def close(self) -> None:
+        self.machine.close()
+

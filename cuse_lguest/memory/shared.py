@@ -1,0 +1,87 @@
+"""Shared mode: the launcher's own pages, mapped into the host and into Unicorn.
+
+When the launcher's guest RAM is a MAP_SHARED mapping of a memfd, shm or
+file, we open the very same object through /proc/<pid>/map_files and map it
+here.  Nothing is ever copied, so there is never a stale copy to run on: the
+launcher's device helpers, the host and the emulated CPU all see one set of
+pages, exactly as with the real /dev/lguest.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import mmap
+import os
+
+from cuse_lguest import abi
+from cuse_lguest.core.contract import GuestSetupError
+from cuse_lguest.memory.guest_memory import GuestMemory
+from cuse_lguest.memory.launcher_maps import covering, parse_maps
+
+log = logging.getLogger("cuse_lguest.memory")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _refuse(pid: int, why: str) -> GuestSetupError:
+    log.error("guest memory of pid %d cannot be shared: %s", pid, why)
+    return GuestSetupError(errno.EFAULT, f"guest memory cannot be shared: {why}")
+
+
+class SharedGuestMemory(GuestMemory):
+    """Guest RAM that *is* the launcher's RAM (zero copy, exactly coherent).
+
+    The four sync points are no-ops here: both sides always see the same
+    bytes.  Mirror mode (private launcher RAM) will override them.
+    """
+
+    def __init__(self, pid: int, base: int, pfnlimit: int) -> None:
+        if pfnlimit <= 0 or pfnlimit > (1 << 20):
+            raise _refuse(pid, f"pfnlimit {pfnlimit} is not a usable page count")
+        if base % abi.PAGE_SIZE:
+            raise _refuse(pid, f"base {base:#x} is not page aligned")
+        size = pfnlimit * abi.PAGE_SIZE
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = parse_maps(f.read())
+        except OSError as e:
+            raise _refuse(pid, f"cannot read /proc/{pid}/maps: {e.strerror}") from None
+        pieces, why = covering(maps, base, base + size)
+        if why:
+            raise _refuse(pid, f"range {base:#x}-{base + size:#x}: {why}")
+        # One contiguous host view: reserve the span, then put each piece's object over its part.
+        addr = _libc.mmap(None, size, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if addr in (None, _MAP_FAILED):
+            raise GuestSetupError(errno.ENOMEM, "cannot reserve host address space for guest memory")
+        try:
+            for m in pieces:
+                lo, hi = max(m.start, base), min(m.end, base + size)
+                path = f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}"
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except OSError as e:
+                    raise _refuse(pid, f"cannot open {path} ({m.describe}): {e.strerror}") from None
+                try:
+                    got = _libc.mmap(addr + (lo - base), hi - lo, mmap.PROT_READ | mmap.PROT_WRITE,
+                                     mmap.MAP_SHARED | _MAP_FIXED, fd, m.offset + (lo - m.start))
+                finally:
+                    os.close(fd)
+                if got != addr + (lo - base):
+                    raise _refuse(pid, f"cannot map {m.describe}: errno {ctypes.get_errno()}")
+        except BaseException:
+            _libc.munmap(addr, size)
+            raise
+        super().__init__(addr, pfnlimit)
+        self._mapped = size
+
+    def close(self) -> None:
+        if self._mapped:
+            self._release_view()
+            _libc.munmap(self.host_address, self._mapped)
+            self._mapped = 0
