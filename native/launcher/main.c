@@ -93,8 +93,7 @@ static void restart_guest(char *argv[])
 {
 	reset_all_devices();
 	restore_terminal();
-	for (int fd = 3; fd < sysconf(_SC_OPEN_MAX); fd++)
-		close(fd);
+	close_range(3, ~0U, 0); /* the new instance opens and INITIALIZEs afresh */
 	execv(argv[0], argv);
 	err(1, "Could not exec %s", argv[0]);
 }
