@@ -55,8 +55,6 @@ def _make_device(factory_spec: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not _valid_name(args.name):
         return _fail(f"{args.name!r} is not a usable device name.")
     from cuse_lguest.cuse.binding import TransportUnavailable
@@ -80,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
             os.close(fd)
         return _fail(f"the hypervisor core cannot be loaded ({e}).")
 
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # before any thread starts
     server = Server(device, name=args.name, eintr_on_signal=args.eintr_on_signal)
     server.attach_fd(fd)

@@ -1,0 +1,91 @@
+"""`cuse-lguest serve` as a program: its refusals, and its shutdown over a socketpair."""
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cuse_peer import KernelPeer, words
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HERE = pathlib.Path(__file__).resolve().parent
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
+SERVE = [sys.executable, "-m", "cuse_lguest.cli", "serve"]
+
+
+@pytest.mark.skipif(os.path.exists("/dev/cuse"), reason="this host has /dev/cuse")
+def test_serve_without_dev_cuse_exits_2_with_one_line():
+    if os.geteuid() != 0:
+        pytest.skip("as non-root, serve stops earlier (see the next test)")
+    done = subprocess.run(SERVE, env=ENV, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "/dev/cuse" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_as_non_root_exits_2_with_one_line(monkeypatch, capsys):
+    # In-process: this host's Python lives where an unprivileged user cannot run it.
+    from cuse_lguest import cli
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["serve"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "root" in lines[0], lines
+
+
+def test_serve_refuses_a_bad_name_with_one_line():
+    done = subprocess.run(SERVE + ["--name", "../x"], env=ENV, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+
+
+class RunningServe:
+    """The real entry point over a socketpair, with the guest test double."""
+
+    def __init__(self) -> None:
+        kernel_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            SERVE + ["--socket-fd", str(server_end.fileno()),
+                     "--guest-factory", "cuse_guest_double:make_guest"],
+            env=ENV, pass_fds=[server_end.fileno()], stderr=subprocess.PIPE, text=True)
+        server_end.close()
+        self.peer = KernelPeer(kernel_end)
+        _, self.devinfo = self.peer.cuse_init()
+
+    def finish(self, timeout: float = 10) -> tuple[int, str]:
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self.proc.kill()
+            self.peer.sock.close()
+        return self.proc.returncode, err
+
+
+def test_sigterm_answers_reads_in_flight_destroys_guests_and_exits_0():
+    s = RunningServe()
+    assert s.devinfo == b"DEVNAME=lguest\0"
+    fh = s.peer.open()
+    assert s.peer.write_result(s.peer.write(fh, words(0, 0x7F0000000000, 256, 0x100000))) == 24
+    read = s.peer.read(fh, 8)
+    assert s.peer.no_reply(read, 0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    reply = s.peer.reply(read, timeout=10)
+    assert reply.error < 0 and reply.errno in (errno.EINTR, errno.EIO)
+    rc, err = s.finish()
+    assert rc == 0, err
+    assert "guest double for" in err and "destroyed" in err
+    assert "Traceback" not in err
+
+
+def test_the_peer_closing_makes_serve_exit_0():
+    s = RunningServe()
+    s.peer.open()
+    s.peer.sock.close()
+    rc, err = s.finish()
+    assert rc == 0, err
