@@ -1,0 +1,123 @@
+"""The VM's initramfs: a cached base image plus a tiny per-run archive.
+
+Stage 1 (busybox, from the initramfs) loads the virtio and 9p modules, mounts
+the host's / read-only over 9p, mounts the usual pseudo and tmpfs file
+systems on top, and switch_roots into the host's own /bin/sh.  switch_root,
+not chroot, because udevadm refuses to act inside a chroot.  Stage 2 runs
+the job as root with its output on ttyS1 and its exit status on ttyS2, then
+powers the VM off.  The base image depends only on the kernel, busybox and
+these scripts, so it is built once and cached under a name that hashes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+
+from . import cpio
+
+# The 9p tags are not names of files in the initramfs' root: busybox mount
+# treats a source that exists as a file as a loop image.
+ROOT_TAG = "hostroot"
+SCRATCH_TAG = "vmscratch"
+EXIT_UNREPORTED = 125
+
+_BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+_APPLETS = ("sh", "mount", "umount", "mkdir", "insmod", "switch_root", "poweroff", "cat", "cp")
+
+STAGE1 = f"""#!/bin/sh
+# Stage 1: bring up the shared host root, then hand over to its /bin/sh.
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+fail() {{ echo "vm-stage1: $*" >/dev/ttyS0; echo {EXIT_UNREPORTED} >/dev/ttyS2; poweroff -f; }}
+for m in /modules/*; do insmod "$m" || echo "vm-stage1: insmod $m failed" >/dev/ttyS0; done
+R=/newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose {ROOT_TAG} $R || fail "cannot mount the host root"
+mount -t proc proc $R/proc
+mount -t sysfs sysfs $R/sys
+mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs shm $R/dev/shm
+mount -t tmpfs tmp $R/tmp
+mount -t tmpfs run $R/run
+mount -t tmpfs vartmp $R/var/tmp
+if [ -s /job/scratch ]; then
+    S=$(cat /job/scratch)
+    mkdir -p "$R$S" 2>/dev/null  # a path under /tmp lies in the fresh tmpfs
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 {SCRATCH_TAG} "$R$S" || fail "cannot mount scratch at $S"
+fi
+mkdir -p $R/run/vm
+cp /stage2 /job/cmd $R/run/vm/
+umount /proc /sys /dev
+exec switch_root $R /bin/sh /run/vm/stage2
+"""
+
+STAGE2 = f"""# Stage 2: PID 1 is the host's /bin/sh on the shared root.
+exec 3>/dev/ttyS1
+stty -F /dev/ttyS1 -opost
+echo "vm-stage2: job starts at uptime $(cut -d' ' -f1 /proc/uptime)" >/dev/ttyS0
+env -i /bin/sh /run/vm/cmd </dev/null >&3 2>&3
+rc=$?
+echo "vm-stage2: job exited rc=$rc at uptime $(cut -d' ' -f1 /proc/uptime)" >/dev/ttyS0
+echo $rc >/dev/ttyS2
+sync
+echo o >/proc/sysrq-trigger
+sleep 60
+"""
+
+
+def _boot_modules(version: str) -> list[pathlib.Path]:
+    """The .ko files, in load order, needed before the root can be mounted."""
+    # modprobe --show-depends answers for its first module name only.
+    out = "".join(subprocess.run(["modprobe", "-S", version, "--show-depends", m], check=True,
+                                 capture_output=True, text=True).stdout for m in _BOOT_MODULES)
+    seen: dict[str, None] = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "insmod":
+            seen.setdefault(words[1])
+    return [pathlib.Path(p) for p in seen]
+
+
+def _busybox() -> pathlib.Path:
+    found = shutil.which("busybox")
+    if found is None:
+        raise FileNotFoundError("busybox not found (apt-get install busybox-static)")
+    return pathlib.Path(found)
+
+
+def base_image(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
+    """Build (once) and return the cached base initramfs for this kernel."""
+    busybox = _busybox()
+    modules = _boot_modules(version)
+    key = hashlib.sha256("\0".join(
+        [version, STAGE1, STAGE2, str(busybox.stat().st_mtime_ns)] + [str(m) for m in modules]
+    ).encode()).hexdigest()[:12]
+    path = cache_dir / f"base-{version}-{key}.cpio"
+    if path.exists():
+        return path
+    entries = [cpio.directory(d) for d in ("bin", "modules", "proc", "sys", "dev", "newroot", "job")]
+    entries.append(cpio.regular("bin/busybox", busybox.read_bytes(), 0o755))
+    entries += [cpio.symlink(f"bin/{a}", "busybox") for a in _APPLETS]
+    entries += [cpio.regular(f"modules/{i:02d}-{m.name}", m.read_bytes())
+                for i, m in enumerate(modules)]
+    entries.append(cpio.regular("init", STAGE1.encode(), 0o755))
+    entries.append(cpio.regular("stage2", STAGE2.encode(), 0o755))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_bytes(cpio.archive(entries))
+    os.replace(tmp, path)
+    return path
+
+
+def job_archive(script: str, scratch: pathlib.Path | None) -> bytes:
+    """The per-run archive: the job script and where to mount the scratch share."""
+    entries = [cpio.directory("job"), cpio.regular("job/cmd", script.encode(), 0o755)]
+    if scratch is not None:
+        entries.append(cpio.regular("job/scratch", str(scratch).encode()))
+    return cpio.archive(entries)

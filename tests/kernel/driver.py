@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""The kernel tier's in-VM driver: every scenario against the genuine /dev/lguest.
+
+Runs INSIDE the VM as root, with `cuse` loaded.  It starts `cuse-lguest
+serve`, runs the scenarios in order and records what it observed; it does
+not judge.  The pytest side (test_*.py) asserts on the observations, so each
+scenario passes or fails on its own and a failure message carries the facts.
+
+Output protocol: `KTEST BEGIN <name>` before a scenario and `KTEST END <name>
+<status>` after it on stdout (so a hang names its scenario), and one JSON
+object per scenario appended to --results.  status is "ran", "blocked"
+(a piece the scenario needs does not exist yet; the reason says which) or
+"error" (the driver itself failed; the traceback is kept).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import grp
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Sequence
+
+import psutil
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+BUILD = ROOT / "native" / "build"
+LAUNCHERS = {"32": BUILD / "launcher" / "lguest32", "64": BUILD / "launcher" / "lguest64"}
+GUEST = BUILD / "guests" / "tinyguest.elf"
+CLIENT = HERE / "lguest_client.py"
+NODE = pathlib.Path("/dev/lguest")
+MEM_MB = "16"
+LAUNCH_TIMEOUT = 120.0
+NODE_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 10.0
+NOBODY = 65534
+SPIN_FOREVER = ["test=spin", "irqs=4000000000", "loops=4000000000"]
+SPIN_READY = r"tinyguest: spin ready"
+ECHO_INPUT = b"ping\nquit\n"
+BLK_SECTORS = 64
+UDEVD = pathlib.Path("/lib/systemd/systemd-udevd")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Blocked(Exception):
+    """A piece this scenario needs is missing; the message names it."""
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Server:
+    """`cuse-lguest serve` as a child, with its log, counts and a way to kill it."""
+
+    def __init__(self, log: pathlib.Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        if importlib.util.find_spec("cuse_lguest.serve") is None:
+            raise Blocked("cuse_lguest.serve does not exist yet (`cuse-lguest serve`)")
+        self.starts += 1
+        with self.log.open("a") as out:
+            out.write(f"===== driver: start #{self.starts} of cuse-lguest serve\n")
+            out.flush()
+            self.proc = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve"],
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + NODE_TIMEOUT
+        while not NODE.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"cuse-lguest serve did not register {NODE} "
+                                   f"(status {self.proc.returncode}):\n{_tail(self.log_text())}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure(self) -> None:
+        if not self.alive():
+            self.start()
+
+    def counts(self) -> dict[str, int]:
+        assert self.proc is not None
+        p = psutil.Process(self.proc.pid)
+        return {"threads": p.num_threads(), "fds": p.num_fds()}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_text(self, since: int = 0) -> str:
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+
+class Launch:
+    """One launcher process: output collected by a thread, stdin kept open."""
+
+    def __init__(self, bits: str, guest_args: Sequence[str], options: Sequence[str] = (),
+                 stdin: bytes | None = None) -> None:
+        launcher = LAUNCHERS[bits]
+        for path in (launcher, GUEST):
+            if not path.exists():
+                raise Blocked(f"{path.relative_to(ROOT)} is not built")
+        self.argv = [str(launcher), *options, MEM_MB, str(GUEST), *guest_args]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if stdin:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.flush()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for chunk in iter(lambda: self.proc.stdout.read1(4096), b""):
+            self.chunks.append(chunk)
+
+    @property
+    def output(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+    def wait_output(self, pattern: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.output):
+                return True
+            if self.proc.poll() is not None:
+                return bool(re.search(pattern, self.output))
+            time.sleep(0.05)
+        return False
+
+    def finish(self, timeout: float = LAUNCH_TIMEOUT) -> dict:
+        timed_out = False
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.reader.join(timeout=5)
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        return {"argv": self.argv, "returncode": self.proc.returncode, "timed_out": timed_out,
+                "elapsed": round(time.monotonic() - self.started, 3), "output": self.output}
+
+
+def _reap_orphans() -> None:
+    """Reap launcher helpers that were re-parented to us (we are their subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _group_alive(pgid: int) -> list[int]:
+    _reap_orphans()
+    alive = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return alive
+
+
+def _settle(server: Server, baseline: dict[str, int]) -> dict:
+    """Wait until the server's thread and fd counts are back at `baseline`."""
+    start = time.monotonic()
+    counts = server.counts()
+    while counts != baseline and time.monotonic() - start < SETTLE_TIMEOUT:
+        time.sleep(0.1)
+        counts = server.counts()
+    return {"baseline": baseline, "after": counts, "settle_s": round(time.monotonic() - start, 3)}
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+def guest_run(bits: str, test: str, options: Sequence[str] = (), stdin: bytes | None = None,
+              block: bool = False) -> Callable[[Server], dict]:
+    def scenario(server: Server) -> dict:
+        server.ensure()
+        facts: dict = {}
+        opts = list(options)
+        if block:
+            image = pathlib.Path(f"/tmp/blk-{bits}-{test}.img")
+            image.write_bytes(b"\0" * (1 << 20))
+            opts.append(f"--block={image}")
+        launch = Launch(bits, [f"test={test}"], opts, stdin)
+        facts.update(launch.finish())
+        if block:
+            data = image.read_bytes()
+            facts["image_crc"] = f"{zlib.crc32(data[:BLK_SECTORS * 512]):08x}"
+            facts["image_sector0"] = data[:32].hex()
+        return facts
+    return scenario
+
+
+def signal_mid_run(bits: str, sig: int) -> Callable[[Server], dict]:
+    """Send `sig` to a launcher whose guest is busy computing (its read is held)."""
+    def scenario(server: Server) -> dict:
+        server.ensure()
+        baseline = server.counts()
+        launch = Launch(bits, SPIN_FOREVER)
+        running = launch.wait_output(SPIN_READY, 60)
+        time.sleep(0.5)
+        during = server.counts()
+        sent = time.monotonic()
+        os.kill(launch.proc.pid, sig)
+        try:
+            launch.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        exited = launch.proc.poll()
+        exit_s = time.monotonic() - sent
+        group = _group_alive(launch.proc.pid)
+        while group and time.monotonic() - sent < 10:
+            time.sleep(0.05)
+            group = _group_alive(launch.proc.pid)
+        group_s = time.monotonic() - sent
+        facts = launch.finish(timeout=1)
+        facts.update({"guest_was_running": running, "counts_during": during,
+                      "exited_within_10s": exited is not None, "exit_s": round(exit_s, 3),
+                      "group_left": group, "group_gone_s": round(group_s, 3)})
+        facts.update(_settle(server, baseline))
+        return facts
+    return scenario
+
+
+def server_killed(bits: str) -> Callable[[Server], dict]:
+    def scenario(server: Server) -> dict:
+        server.ensure()
+        launch = Launch(bits, SPIN_FOREVER)
+        running = launch.wait_output(SPIN_READY, 60)
+        time.sleep(0.5)
+        killed = time.monotonic()
+        server.stop(signal.SIGKILL)
+        try:
+            launch.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        exit_s = time.monotonic() - killed
+        facts = launch.finish(timeout=1)
+        facts.update({"guest_was_running": running, "exit_s": round(exit_s, 3)})
+        deadline = time.monotonic() + 10
+        while NODE.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        facts["node_gone_after_kill"] = not NODE.exists()
+        server.start()
+        facts["after_restart"] = Launch(bits, ["test=hello"]).finish()
+        return facts
+    return scenario
+
+
+def two_guests(bits: str) -> Callable[[Server], dict]:
+    def scenario(server: Server) -> dict:
+        server.ensure()
+        tokens = [f"alpha{bits}", f"bravo{bits}"]
+        launches = [Launch(bits, ["test=echo"], stdin=f"{t}\nquit\n".encode()) for t in tokens]
+        for launch, token in zip(launches, tokens):
+            launch.wait_output(re.escape(token), LAUNCH_TIMEOUT)
+        return {"tokens": tokens, "runs": [launch.finish(timeout=LAUNCH_TIMEOUT) for launch in launches]}
+    return scenario
+
+
+def _client(what: str, prefix: Sequence[str] = ()) -> dict:
+    done = subprocess.run([*prefix, sys.executable, str(CLIENT), what], capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"lguest_client {what} failed ({done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def errno_conformance(server: Server) -> dict:
+    server.ensure()
+    return _client("errno")
+
+
+def _node_facts() -> dict:
+    st = NODE.stat()
+    return {"mode": oct(st.st_mode & 0o7777), "uid": st.st_uid, "group": grp.getgrgid(st.st_gid).gr_name}
+
+
+def _as_nobody(groups: Sequence[int]) -> list[str]:
+    g = ["--groups=" + ",".join(map(str, groups))] if groups else ["--clear-groups"]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", *g]
+
+
+def non_root_open(server: Server) -> dict:
+    server.ensure()
+    return {"node": _node_facts(), "nobody": _client("open", _as_nobody([]))}
+
+
+def udev_rule(server: Server) -> dict:
+    from cuse_lguest import udev
+
+    server.ensure()
+    if not UDEVD.exists():
+        raise Blocked(f"{UDEVD} is not installed")
+    started = subprocess.run(["pgrep", "-x", "systemd-udevd"], capture_output=True).returncode != 0
+    if started:
+        subprocess.run([str(UDEVD), "--daemon"], check=True, stderr=subprocess.DEVNULL)
+    try:
+        install = subprocess.run([sys.executable, "-m", "cuse_lguest.udev", "--install",
+                                  "/run/udev/rules.d"], capture_output=True, text=True, timeout=60)
+        subprocess.run(["udevadm", "settle", "-t", "20"], check=False)
+        deadline = time.monotonic() + 20
+        while _node_facts()["group"] != udev.DEFAULT_GROUP and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gid = grp.getgrnam(udev.DEFAULT_GROUP).gr_gid
+        return {"install_rc": install.returncode, "install_stderr": install.stderr,
+                "node": _node_facts(), "expected_group": udev.DEFAULT_GROUP,
+                "expected_mode": oct(int(udev.DEFAULT_MODE, 8)),
+                "member": _client("open", _as_nobody([gid])),
+                "non_member": _client("open", _as_nobody([]))}
+    finally:
+        if started:
+            subprocess.run(["udevadm", "control", "--exit"], check=False)
+
+
+def server_sigterm(server: Server) -> dict:
+    """Last: the service's own shutdown path (SIGTERM -> clean exit, node gone)."""
+    server.ensure()
+    rc = server.stop(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while NODE.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"returncode": rc, "node_gone": not NODE.exists()}
+
+
+def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
+    out: list[tuple[str, Callable[[Server], dict]]] = []
+    for bits in ("32", "64"):
+        out += [
+            (f"hello-{bits}", guest_run(bits, "hello")),
+            (f"echo-{bits}", guest_run(bits, "echo", stdin=ECHO_INPUT)),
+            (f"blk-{bits}", guest_run(bits, "blk", block=True)),
+            (f"reboot-{bits}", guest_run(bits, "reboot", block=True)),
+            (f"sigterm-{bits}", signal_mid_run(bits, signal.SIGTERM)),
+            (f"sigkill-{bits}", signal_mid_run(bits, signal.SIGKILL)),
+            (f"two-guests-{bits}", two_guests(bits)),
+            (f"private-hello-{bits}", guest_run(bits, "hello", ["--private"])),
+            (f"private-echo-{bits}", guest_run(bits, "echo", ["--private"], stdin=ECHO_INPUT)),
+            (f"private-blk-{bits}", guest_run(bits, "blk", ["--private"], block=True)),
+        ]
+    out += [("errno", errno_conformance), ("non-root-open", non_root_open), ("udev", udev_rule)]
+    out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
+    out.append(("server-sigterm", server_sigterm))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=pathlib.Path, required=True, help="append one JSON per scenario here")
+    p.add_argument("--only", nargs="*", default=None, help="run only these scenarios")
+    args = p.parse_args()
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    server = Server(pathlib.Path("/tmp/serve.log"))
+    print(f"KTEST VM kernel {os.uname().release}, uptime {open('/proc/uptime').read().split()[0]} s", flush=True)
+    for name, scenario in scenarios():
+        if args.only is not None and name not in args.only:
+            continue
+        print(f"KTEST BEGIN {name}", flush=True)
+        mark = server.log_size()
+        start = time.monotonic()
+        record: dict = {"name": name}
+        try:
+            record.update(status="ran", facts=scenario(server))
+        except Blocked as e:
+            record.update(status="blocked", reason=str(e))
+        except Exception:
+            record.update(status="error", reason=traceback.format_exc())
+        record["elapsed"] = round(time.monotonic() - start, 3)
+        record["server_log"] = server.log_text(mark)[-20000:]
+        with args.results.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"KTEST END {name} {record['status']} {record['elapsed']}s", flush=True)
+    server.stop()
+    print("KTEST server log follows", flush=True)
+    print(_tail(server.log_text(), 200), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
