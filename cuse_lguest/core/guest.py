@@ -16,7 +16,7 @@ from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestParams, RunExit
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
-from cuse_lguest.memory import open_guest_memory
+from cuse_lguest.memory.shared import open_guest_memory
 
 log = logging.getLogger("cuse_lguest.core")
 

@@ -85,3 +85,8 @@ class SharedGuestMemory(GuestMemory):
             self._release_view()
             _libc.munmap(self.host_address, self._mapped)
             self._mapped = 0
+
+
+def open_guest_memory(pid: int, base: int, pfnlimit: int) -> GuestMemory:
+    """The launcher's range as a GuestMemory (shared mode; raises GuestSetupError if impossible)."""
+    return SharedGuestMemory(pid, base, pfnlimit)
