@@ -54,10 +54,6 @@ class Request:
             self._answered = True
             return True
 
-    @property
-    def answered(self) -> bool:
-        return self._answered
-
     def reply_err(self, err: int) -> bool:
         """Answer with errno `err` (positive; 0 means success with no data)."""
         if not self._claim():
