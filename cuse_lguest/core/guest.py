@@ -20,6 +20,10 @@ from cuse_lguest.memory.shared import open_guest_memory
 
 log = logging.getLogger("cuse_lguest.core")
 
+# How soon an IRQ the Guest could not take is tried again: the tick of a
+# HZ=1000 host, which is what gave the real host its next chance.
+RETRY_DELIVERY_NS = 1_000_000
+
 
 class LguestGuest:
     """One Guest with one vCPU (implements contract.Guest)."""
@@ -34,6 +38,7 @@ class LguestGuest:
         self._interrupt = False
         self._destroyed = False
         self._death: str | int | None = None
+        self._retry = _RetryTick()      # the timer key for delayed re-delivery
         self.memory = open_guest_memory(params.pid, params.base, params.pfnlimit)
         try:
             self.vcpu = VCpu(self, params, self.memory)
@@ -74,6 +79,7 @@ class LguestGuest:
             self._interrupt = True
             self._kick()
         timers.cancel(self)
+        timers.cancel(self._retry)
         with self._run_lock:                 # wait for a running vCPU to come out
             self.vcpu.close()
             self.memory.close()
@@ -92,6 +98,7 @@ class LguestGuest:
                 return
             self._death = reason
         timers.cancel(self)
+        timers.cancel(self._retry)
         log.warning("guest %s died: %s", self.name, reason.rstrip("\n"))
 
     def request_restart(self) -> None:
@@ -133,6 +140,19 @@ class LguestGuest:
         with self._lock:
             self._pending |= 1
             self._kick()
+
+    def retry_delivery_soon(self) -> None:
+        """An IRQ is pending that the Guest cannot take yet: look again in a moment."""
+        timers.arm(self._retry, RETRY_DELIVERY_NS, self._retry_fired)
+
+    def _retry_fired(self) -> None:
+        with self._lock:
+            if not self._destroyed:
+                self._kick()
+
+
+class _RetryTick:
+    """Identity of a Guest's re-delivery timer, separate from its clock event."""
 
 
 def create_guest(params: GuestParams) -> LguestGuest:

@@ -71,7 +71,16 @@ def reflect(v: "VCpu", vector: int, err: int | None, eip: int, cr2: int = 0) -> 
 
 
 def deliver_pending_irq(v: "VCpu") -> None:
-    """One delivery attempt (spec §4.4): the lowest pending IRQ the Guest has not blocked."""
+    """One delivery attempt (spec §4.4): the lowest pending IRQ the Guest has not blocked.
+
+    When the Guest cannot take it right now (its virtual IF is off, or it is
+    inside its iret window) the real host simply tried again at its next exit,
+    and a host timer tick guaranteed one every few milliseconds even for a
+    Guest spinning in a loop.  Unicorn gives us no such exits, and a 3.x Guest
+    re-enabling interrupts through `sti` or `iret` never says so (only the
+    restore-flags path sends SEND_INTERRUPTS), so we schedule that tick
+    ourselves: retry_delivery_soon() kicks the vCPU shortly afterwards.
+    """
     mem, ld = v.memory, v.ld.gpa
     pending = v.guest.pending_irqs()
     if not pending:
@@ -81,12 +90,14 @@ def deliver_pending_irq(v: "VCpu") -> None:
         return
     eip = v.regs.read(UC_X86_REG_EIP)
     if v.ld.noirq_start <= eip < v.ld.noirq_end:
+        v.guest.retry_delivery_soon()
         return
     if v.halted:
         mem.write_u32(ld + abi.LGUEST_DATA_IRQ_ENABLED, abi.X86_EFLAGS_IF)
         v.halted = False
     elif not mem.read_u32(ld + abi.LGUEST_DATA_IRQ_ENABLED) & abi.X86_EFLAGS_IF:
         mem.write_u32(ld + abi.LGUEST_DATA_IRQ_PENDING, abi.X86_EFLAGS_IF)
+        v.guest.retry_delivery_soon()
         return
     irq = (candidates & -candidates).bit_length() - 1
     gate = v.idt[abi.FIRST_EXTERNAL_VECTOR + irq]
