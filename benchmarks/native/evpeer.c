@@ -1,10 +1,10 @@
 /* The other process of the notify_eventfd figure: a launcher helper's side of NOTIFY.
  *
- *   evpeer MAPFILE OFFSET COUNT      (the eventfd is inherited as fd 3)
+ *   evpeer EVENTFD MAPFILE OFFSET COUNT     (EVENTFD: an inherited descriptor)
  *
  * MAPFILE is the Guest's RAM (/proc/PID/map_files/...), OFFSET the gpa of the
- * benchmark guest's `struct bench`.  COUNT times: block in read() on the
- * eventfd, stamp the TSC, take the Guest's stamp from just before its NOTIFY,
+ * benchmark guest's `struct bench`.  It prints `ready`, then COUNT times:
+ * block in read() on the eventfd, stamp the TSC, take the Guest's stamp from just before its NOTIFY,
  * then acknowledge so the Guest sends the next one.  Prints one latency in
  * TSC ticks per line at the end, so printing never slows the loop.
  */
@@ -23,15 +23,16 @@ struct bench {                      /* benchmarks/guests/bench.c */
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: evpeer MAPFILE OFFSET COUNT (eventfd as fd 3)\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: evpeer EVENTFD MAPFILE OFFSET COUNT\n");
         return 2;
     }
-    long offset = strtol(argv[2], NULL, 0), count = strtol(argv[3], NULL, 0);
-    int fd = open(argv[1], O_RDWR);
+    int evfd = atoi(argv[1]);
+    long offset = strtol(argv[3], NULL, 0), count = strtol(argv[4], NULL, 0);
+    int fd = open(argv[2], O_RDWR);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
-        perror(argv[1]);
+        perror(argv[2]);
         return 1;
     }
     char *ram = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -41,9 +42,11 @@ int main(int argc, char **argv)
         return 1;
     }
     struct bench *b = (struct bench *)(ram + offset);
+    printf("ready\n");
+    fflush(stdout);
     for (long i = 0; i < count; i++) {
         uint64_t v;
-        if (read(3, &v, sizeof v) != sizeof v) {
+        if (read(evfd, &v, sizeof v) != sizeof v) {
             perror("eventfd read");
             return 1;
         }

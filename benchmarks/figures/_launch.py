@@ -1,0 +1,63 @@
+"""Whole Guests through the Python launcher library and the in-process Device.
+
+The launcher (cuse_lguest.testing.launcher) lays out RAM, devices and boot
+parameters as the C launcher does; the Device and the core serve it.  What
+the figures add is only *when* things happened, through the public seams:
+a transport that notes the first NOTIFY the launcher reads, and console
+input items that run once a marker has appeared on the console.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Iterator
+
+from cuse_lguest.device import Device
+from cuse_lguest.testing.launcher import Block, LaunchResult, Launcher, WaitFor
+from cuse_lguest.testing.transport import DeviceTransport
+
+
+class StampedTransport(DeviceTransport):
+    """DeviceTransport that notes when read() first returned a NOTIFY (the early console's first line)."""
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
+        self.first_notify: float | None = None
+
+    def read(self, size: int) -> bytes | int:
+        got = super().read(size)
+        if self.first_notify is None and isinstance(got, bytes):
+            self.first_notify = time.perf_counter()
+        return got
+
+
+def run_tinyguest(kernel: pathlib.Path, args: list[str], block: pathlib.Path | None = None,
+                  mem_mb: int = 32) -> tuple[float, float, LaunchResult]:
+    """Boot tinyguest to power-off: (seconds to the first console line, seconds in all, result)."""
+    transport = StampedTransport(Device())
+    start = time.perf_counter()
+    result = Launcher(kernel, mem_mb=mem_mb, args=args, devices=[Block(block)] if block else [],
+                      timeout=120).run(transport)
+    elapsed = time.perf_counter() - start
+    if result.error or result.death != "CRASH: tinyguest: done" or transport.first_notify is None:
+        raise RuntimeError(f"tinyguest {args}: error {result.error}, death {result.death}\n{result.console}")
+    return transport.first_notify - start, elapsed, result
+
+
+def time_to_marker(kernel: pathlib.Path, initrd: pathlib.Path | None, args: list[str], marker: bytes,
+                   mem_mb: int, timeout: float) -> float:
+    """Boot a kernel until `marker` appears on its console, then stop it; seconds from the start."""
+    transport = DeviceTransport(Device())
+    seen: list[float] = []
+
+    def console_input() -> Iterator[bytes | WaitFor]:
+        yield WaitFor(marker)            # resumes only once the marker is on the console
+        seen.append(time.perf_counter())
+        transport.interrupt()            # the read in flight ends: the launcher stops
+    start = time.perf_counter()
+    result = Launcher(kernel, mem_mb=mem_mb, args=args, initrd=initrd, console_input=console_input(),
+                      timeout=timeout).run(transport)
+    if not seen:
+        raise RuntimeError(f"{kernel}: no {marker!r} on the console (error {result.error}, "
+                           f"death {result.death})\n{result.console[-2000:]}")
+    return seen[0] - start
