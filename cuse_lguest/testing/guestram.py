@@ -74,6 +74,39 @@ class GuestRam:
         self.close()
 
 
+class PrivateGuestRam:
+    """The historical launcher's guest RAM: a MAP_PRIVATE mapping of /dev/zero (spec §2.2).
+
+    No other process can map these pages, so a host must mirror them (mirror
+    mode).  Same interface as GuestRam; unlike it there are no guard pages,
+    because Python's mmap cannot place a mapping at a chosen address.
+    """
+
+    def __init__(self, mem_bytes: int, device_pages: int = abi.DEVICE_PAGES) -> None:
+        if mem_bytes <= 0 or mem_bytes % abi.PAGE_SIZE:
+            raise ValueError(f"guest memory must be a positive multiple of {abi.PAGE_SIZE} bytes")
+        self.mem = mem_bytes
+        self.size = mem_bytes + device_pages * abi.PAGE_SIZE
+        fd = os.open("/dev/zero", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.buf = mmap.mmap(fd, self.size, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+
+    device_page = GuestRam.device_page
+
+    def close(self) -> None:
+        """Unmap the RAM (idempotent); a host still mirroring it finds the launcher's memory gone."""
+        self.buf.close()
+
+    def __enter__(self) -> "PrivateGuestRam":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def load_elf(buf: mmap.mmap | bytearray | memoryview, path: str | os.PathLike) -> int:
     """Copy each PT_LOAD segment's file bytes to gpa = p_paddr; return e_entry (spec §2.3).
 

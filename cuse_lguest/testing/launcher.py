@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from cuse_lguest import abi
-from cuse_lguest.testing.guestram import GuestRam, load_elf
+from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam, load_elf
 from cuse_lguest.testing.layout import DeviceArea, VirtDevice, block_config, place_initrd, write_boot_params
 from cuse_lguest.testing.queues import (BlockService, ConsoleInput, ConsoleOutput, QueueWorker, WaitFor,
                                         eventfd_request, irq_request, rng_service)
@@ -66,8 +66,10 @@ class Launcher:
 
     def __init__(self, kernel: str | os.PathLike, *, mem_mb: int = 32, args: Iterable[str] = (),
                  devices: Iterable[Block | Rng] = (), initrd: str | os.PathLike | None = None,
-                 console_input: Iterable[bytes | WaitFor] = (), timeout: float | None = 60.0) -> None:
+                 console_input: Iterable[bytes | WaitFor] = (), timeout: float | None = 60.0,
+                 private: bool = False) -> None:
         self.kernel = kernel
+        self.private = private          # RAM as the historical launcher had it: the host must mirror it
         self.mem = mem_mb << 20
         self.args = list(args)
         self.device_specs = list(devices)
@@ -120,7 +122,7 @@ class Launcher:
             raise ValueError("a timeout needs a transport whose reads can be interrupted")
         result = LaunchResult()
         done = threading.Event()
-        with GuestRam(self.mem) as ram:
+        with (PrivateGuestRam if self.private else GuestRam)(self.mem) as ram:
             start, area, devices = self._lay_out(ram)
             result.pfnlimit = area.limit // abi.PAGE_SIZE
             supervisor = threading.Thread(target=self._supervise, args=(transport, done), daemon=True)

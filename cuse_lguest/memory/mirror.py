@@ -1,0 +1,229 @@
+"""Mirror mode: our own copy of a launcher's private guest RAM, synchronised at the protocol's sync points.
+
+The historical launcher maps guest RAM MAP_PRIVATE from /dev/zero and maps
+the kernel privately on top (spec §2.2), so no other process can map those
+pages.  Unicorn therefore runs the Guest on a local copy, and we copy bytes
+between the two with process_vm_readv/writev (remote.py) exactly where the
+lguest and virtio protocols promise an ordering.  Between those points each
+side works on its own copy, and that is fine because neither looks at what
+the other is writing until the protocol says so:
+
+* INITIALIZE: the launcher has loaded the kernel, the zero page, the device
+  page and zeroed rings; we pull the whole range once.
+* at_run_entry (every read() that runs the Guest): the launcher has just
+  handled a NOTIFY.  It may have answered a status change: started a device
+  (nothing to copy), or reset one, which zeroes its accepted features (device
+  page merge) and its rings (pulled whole, the launcher's copy wins).  Its
+  helpers may also have used buffers: pulled as below.
+* before_notify (a NOTIFY about to reach an eventfd or the launcher): push
+  what the launcher is about to read: new chains of every running ring
+  (rings.py), the Guest's fields of the device page (devpage.py), and, for
+  an early-console NOTIFY, the NUL-terminated string at that address.
+* on_irq (the vCPU takes an LHREQ_IRQ): a helper published used buffers and
+  interrupts; pull the used rings, the buffers, and the device page.
+* at_exit (every Guest exit while some ring runs): the used rings only, so a
+  Guest that polls a ring instead of waiting for its interrupt still sees
+  progress.  One system call when nothing happened.
+
+The launcher's device page is found the way the Guest finds it: right above
+RAM, whose size is the zero page's single e820 entry (spec §2.4, §2.6),
+read once at INITIALIZE before the Guest can overwrite the zero page.  If
+there is none, only early-console strings are pushed.
+
+Bytes pulled into Guest RAM may be code the Guest already ran (a block read
+into a page it will execute), so each pull of buffers drops Unicorn's
+translations of their span through GuestMemory.code_changed.
+
+When the launcher's memory is gone (it exited, or unmapped its RAM) every
+sync point raises GuestFault("launcher memory gone: ..."): the Guest dies
+with that reason and the service carries on.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import mmap
+from dataclasses import asdict, dataclass
+
+from cuse_lguest import abi
+from cuse_lguest.core.contract import GuestSetupError
+from cuse_lguest.memory.devpage import DevicePageTwin
+from cuse_lguest.memory.errors import GuestFault
+from cuse_lguest.memory.guest_memory import GuestMemory
+from cuse_lguest.memory.remote import LauncherMemory, Piece
+from cuse_lguest.memory.rings import RingMirror
+from cuse_lguest.virtio import VringError
+
+log = logging.getLogger("cuse_lguest.memory")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.memchr.restype = ctypes.c_void_p
+_libc.memchr.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+# The launcher prints an early-console NOTIFY up to the NUL.  Guests send at
+# most 16 characters; a Guest that names an endless string gets this much.
+EARLY_CONSOLE_MAX = 64 * 1024
+
+
+@dataclass
+class SyncCounts:
+    """How often each sync point ran, and how often a pull dropped translations."""
+    run_entries: int = 0
+    notifies: int = 0
+    irqs: int = 0
+    exits: int = 0
+    exit_polls: int = 0          # exits that looked at the launcher (some ring was running)
+    code_drops: int = 0
+
+
+class MirrorGuestMemory(GuestMemory):
+    """A local copy of [base, base + pfnlimit*4096) in process `pid`, kept coherent at the sync points."""
+
+    def __init__(self, pid: int, base: int, pfnlimit: int) -> None:
+        if pfnlimit <= 0 or pfnlimit > (1 << 20):
+            raise GuestSetupError(errno.EFAULT, f"pfnlimit {pfnlimit} is not a usable page count")
+        if base % abi.PAGE_SIZE:
+            raise GuestSetupError(errno.EFAULT, f"base {base:#x} is not page aligned")
+        size = pfnlimit * abi.PAGE_SIZE
+        self._local = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(self._local))
+        self.remote = LauncherMemory(pid, base, size)
+        try:
+            self.remote.pull([(0, address, size)])
+        except GuestFault as fault:
+            self._local.close()
+            log.error("guest memory of pid %d cannot be mirrored: %s", pid, fault.reason)
+            raise GuestSetupError(errno.EFAULT, f"guest memory cannot be read: {fault.reason}") from None
+        super().__init__(address, pfnlimit)
+        self.syncs = SyncCounts()
+        self.devpage = self._find_device_page()
+        self.rings: dict[tuple[int, int], RingMirror] = {}
+        self._rescan()
+        log.info("guest memory of pid %d mirrored: %d pages, device page %s", pid, pfnlimit,
+                 f"{self.devpage.gpa:#x}" if self.devpage else "none")
+
+    def counters(self) -> dict[str, int]:
+        """Bytes and system calls in each direction, and sync point counts (for benchmarks)."""
+        return {**asdict(self.remote.stats), **asdict(self.syncs)}
+
+    # ---- layout ----------------------------------------------------------------
+    def _find_device_page(self) -> DevicePageTwin | None:
+        if self.view[abi.BP_E820_ENTRIES] < 1:
+            return None
+        addr, size, _ = abi.E820_ENTRY.unpack_from(self.view, abi.BP_E820_MAP)
+        if addr != 0 or size <= 0 or size % abi.PAGE_SIZE or size + abi.PAGE_SIZE > self.limit:
+            return None
+        return DevicePageTwin(size, self.view, self.host_address, self.remote)
+
+    def _rescan(self) -> None:
+        """Track every queue the device page describes, keeping the state of those that did not move."""
+        if self.devpage is None:
+            return
+        rings = {}
+        for rec in self.devpage.records:
+            for i, vq in enumerate(rec.vqs):
+                old = self.rings.get((rec.offset, i))
+                if old is not None and old.gpa == vq.gpa and old.ring.num == vq.num:
+                    rings[rec.offset, i] = old
+                elif vq.pfn:
+                    try:
+                        rings[rec.offset, i] = RingMirror(self.view, self.host_address, vq.gpa, vq.num)
+                    except (ValueError, VringError) as e:
+                        log.warning("mirror: %s queue %d: %s; not mirrored", rec.type, i, e)
+        self.rings = rings
+
+    def _live(self) -> list[RingMirror]:
+        return [r for r in self.rings.values() if r.live]
+
+    # ---- sync points ---------------------------------------------------------------
+    def at_run_entry(self) -> None:
+        self.syncs.run_entries += 1
+        if self.devpage is None:
+            return
+        resets = [r for r in self.rings.values() if r.reset_pending]
+        if resets:
+            self.remote.pull([r.reset_piece() for r in resets])
+            for r in resets:
+                r.after_reset()
+        self._pull(with_device_page=True)
+
+    def before_notify(self, value: int) -> None:
+        self.syncs.notifies += 1
+        if self.devpage is not None:
+            rec = self.devpage.record_at(value)
+            if rec is not None:
+                self._status_change(rec)
+            pieces = [p for r in self._live() for p in r.push_pieces()]
+            if pieces:
+                self.remote.push(pieces)
+            self.devpage.push()
+            if rec is not None or any(r.gpa == value for r in self.rings.values()):
+                return
+        if value < self.limit:
+            self._push_string(value)
+
+    def on_irq(self) -> None:
+        self.syncs.irqs += 1
+        if self.devpage is not None:
+            self._pull(with_device_page=True)
+
+    def at_exit(self) -> None:
+        self.syncs.exits += 1
+        if self.devpage is not None and any(r.live for r in self.rings.values()):
+            self.syncs.exit_polls += 1
+            self._pull(with_device_page=False)
+
+    # ---- the work ----------------------------------------------------------------------
+    def _status_change(self, rec) -> None:
+        """Mirror the launcher's reaction to a status NOTIFY (spec §2.8): 0 or FAILED resets, else starts."""
+        status = self.devpage.status(rec)
+        resetting = status == 0 or status & abi.VIRTIO_CONFIG_S_FAILED
+        for i in range(len(rec.vqs)):
+            ring = self.rings.get((rec.offset, i))
+            if ring is None:
+                continue
+            if resetting:
+                ring.reset()
+            else:
+                ring.start()
+
+    def _pull(self, with_device_page: bool) -> None:
+        """Used rings (elements and buffers) of running queues, and optionally the device page."""
+        live = self._live()
+        pieces = [r.used_header_piece() for r in live]
+        if with_device_page:
+            pieces.append(self.devpage.pull_piece)
+        if not pieces:
+            return
+        self.remote.pull(pieces)
+        ahead = [(r, n) for r in live if (n := r.used_ahead())]
+        if ahead:
+            self.remote.pull([p for r, n in ahead for p in r.used_elem_pieces(n)])
+            buffers = [p for r, n in ahead for p in r.writable_pieces(n)]
+            if buffers:
+                self.remote.pull(buffers)
+                self._drop_code(buffers)
+            for r, n in ahead:
+                r.publish_used(n)
+        if with_device_page and self.devpage.merge_pulled():
+            self._rescan()
+
+    def _drop_code(self, pieces: list[Piece]) -> None:
+        """One invalidation over the span of everything pulled (under paging any call flushes it all)."""
+        lo = min(gpa for gpa, _, _ in pieces)
+        hi = max(gpa + n for gpa, _, n in pieces)
+        self.syncs.code_drops += 1
+        self.code_changed(lo, hi - lo)
+
+    def _push_string(self, gpa: int) -> None:
+        room = min(self.limit - gpa, EARLY_CONSOLE_MAX)
+        nul = _libc.memchr(self.host_address + gpa, 0, room)
+        length = nul - (self.host_address + gpa) + 1 if nul else room
+        self.remote.push([(gpa, self.host_address + gpa, length)])
+
+    # ---- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._local.closed:
+            self._release_view()
+            self._local.close()
