@@ -18,6 +18,8 @@ from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.guest_memory import GuestMemory
 from cuse_lguest.memory.launcher_maps import covering, parse_maps
+from cuse_lguest.memory.mirror import MirrorGuestMemory
+from cuse_lguest.memory.mode import needs_mirror
 
 log = logging.getLogger("cuse_lguest.memory")
 
@@ -88,5 +90,10 @@ class SharedGuestMemory(GuestMemory):
 
 
 def open_guest_memory(pid: int, base: int, pfnlimit: int) -> GuestMemory:
-    """The launcher's range as a GuestMemory (shared mode; raises GuestSetupError if impossible)."""
+    """The launcher's range as a GuestMemory: shared if its pages can be, else mirrored (mode.py).
+
+    Raises GuestSetupError if neither is possible.
+    """
+    if needs_mirror(pid, base, pfnlimit):
+        return MirrorGuestMemory(pid, base, pfnlimit)
     return SharedGuestMemory(pid, base, pfnlimit)
