@@ -6,8 +6,8 @@ linear map: the host's setup cost plus the Guest's own boot.  The clock
 starts before the launcher lays out RAM and sends INITIALIZE.
 
 Rows that cannot run say so on stderr:
-* mirror mode (private launcher RAM) needs cuse_lguest/memory/mirror.py and
-  a launcher that can give private RAM in-process;
+* mirror mode (private launcher RAM) needs the in-process launcher
+  (cuse_lguest.testing.launcher) to be able to give private RAM;
 * Linux needs LGUEST_LINUX_KERNEL (a 3.x i386 lguest bzImage) and
   LGUEST_LINUX_INITRD; LGUEST_LINUX_MARKER (default LGUEST-GUEST-UP) is what
   its /init prints, LGUEST_LINUX_ARGS the kernel command line.
@@ -55,7 +55,8 @@ def run(ctx: Context) -> list[Measurement]:
     if importlib.util.find_spec("cuse_lguest.memory.mirror") is None:
         ctx.log(f"{NAME}: mirror-mode rows skipped: cuse_lguest/memory/mirror.py does not exist yet")
     else:
-        ctx.log(f"{NAME}: mirror-mode rows skipped: the in-process launcher only gives shared RAM")
+        ctx.log(f"{NAME}: mirror-mode rows skipped: cuse_lguest.testing.launcher.Launcher always gives "
+                "shared-memfd RAM; it needs an option for private RAM")
     build = unicorn_build.current().describe()
     return [Measurement(figure=NAME, name="tinyguest to its first console line (shared)", unit="ms",
                         samples=first, build=build, higher_is_better=False),
