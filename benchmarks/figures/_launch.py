@@ -32,12 +32,15 @@ class StampedTransport(DeviceTransport):
 
 
 def run_tinyguest(kernel: pathlib.Path, args: list[str], block: pathlib.Path | None = None,
-                  mem_mb: int = 32) -> tuple[float, float, LaunchResult]:
-    """Boot tinyguest to power-off: (seconds to the first console line, seconds in all, result)."""
+                  mem_mb: int = 32, private: bool = False) -> tuple[float, float, LaunchResult]:
+    """Boot tinyguest to power-off: (seconds to the first console line, seconds in all, result).
+
+    `private` gives the Guest private RAM, as the historical launcher did: the host mirrors it.
+    """
     transport = StampedTransport(Device())
     start = time.perf_counter()
     result = Launcher(kernel, mem_mb=mem_mb, args=args, devices=[Block(block)] if block else [],
-                      timeout=120).run(transport)
+                      timeout=120, private=private).run(transport)
     elapsed = time.perf_counter() - start
     if result.error or result.death != "CRASH: tinyguest: done" or transport.first_notify is None:
         raise RuntimeError(f"tinyguest {args}: error {result.error}, death {result.death}\n{result.console}")
