@@ -100,8 +100,15 @@ def kernel_run(request: pytest.FixtureRequest, native_build: pathlib.Path,
     scratch = tmp_path_factory.mktemp("kernel-tier")
     results = scratch / "results.jsonl"
     command = f"{sys.executable} {DRIVER} --results {results} --only {' '.join(wanted)}"
-    result = vm.run(command, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT),
-                    on_line=lambda line: sys.stderr.write(line) if line.startswith("KTEST") else None)
+    # Progress goes to the terminal, past output capture: a long silent VM is hard to trust.
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(line: str) -> None:
+        if terminal is not None and line.startswith("KTEST"):
+            terminal.ensure_newline()
+            terminal.write(f"kernel tier: {line}", flush=True)
+
+    result = vm.run(command, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT), on_line=progress)
     records: dict[str, dict] = {}
     if results.exists():
         for line in results.read_text().splitlines():

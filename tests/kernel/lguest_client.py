@@ -7,7 +7,9 @@ is the launcher-shaped MAP_SHARED memfd of cuse_lguest.testing.guestram, so
 INITIALIZE succeeds exactly as it does for the project's launcher.
 
 `open`: just open the node read-write and report the errno, for the
-permission checks (run under setpriv as another user).
+permission checks.  It runs under setpriv as another user, who may not be
+able to read root's site-packages, so it needs nothing beyond the standard
+library and the project's modules are imported only by `errno`.
 """
 from __future__ import annotations
 
@@ -17,9 +19,6 @@ import os
 import struct
 import sys
 import threading
-
-from cuse_lguest import abi
-from cuse_lguest.testing.guestram import GuestRam
 
 NODE = "/dev/lguest"
 WORD = "<Q"
@@ -38,6 +37,9 @@ def _attempt(fn) -> str:
 
 
 def errno_checks() -> dict[str, str]:
+    from cuse_lguest import abi
+    from cuse_lguest.testing.guestram import GuestRam
+
     out: dict[str, str] = {}
     with GuestRam(1 << 20) as ram:
         fd = os.open(NODE, os.O_RDWR)
