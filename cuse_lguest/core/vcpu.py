@@ -64,7 +64,11 @@ class VCpu:
 
     # ---- the loop -------------------------------------------------------------
     def run(self) -> tuple[RunExit, int]:
-        self.memory.at_run_entry()
+        # The memory sync points may find the launcher's memory gone (mirror
+        # mode): like any Guest fault that becomes the Guest's death.
+        leave = self._guarded(self.memory.at_run_entry)
+        if leave is not None:
+            return leave
         while True:
             self.machine.stop.clear()          # before looking at pending work: see stopper.py
             leave, self._leave = self._leave, None
@@ -76,7 +80,9 @@ class VCpu:
                 self.guest.sleep_while_halted(self)
                 continue
             err = self.machine.enter()
-            self.memory.at_exit()
+            leave = self._guarded(self.memory.at_exit)
+            if leave is not None:
+                return leave
             if err in _MEMORY_ERRORS:
                 self.guest.kill("bad page table entry")
             elif err:

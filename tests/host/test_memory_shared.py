@@ -11,7 +11,7 @@ import pytest
 
 from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.errors import GuestFault
-from cuse_lguest.memory.shared import open_guest_memory
+from cuse_lguest.memory.shared import SharedGuestMemory, open_guest_memory
 from cuse_lguest.testing.guestram import GuestRam
 
 
@@ -32,13 +32,14 @@ def test_same_pages_both_ways_and_bounds():
             mem.close()
 
 
-def test_private_memory_is_refused_with_one_log_line(caplog):
+def test_shared_mode_refuses_private_memory_with_one_log_line(caplog):
+    """Shared mode itself never runs on a copy; open_guest_memory picks mirror mode instead."""
     private = mmap.mmap(-1, 1 << 16, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     base = ctypes.addressof(ctypes.c_char.from_buffer(private))
     try:
         with caplog.at_level(logging.ERROR, logger="cuse_lguest.memory"):
             with pytest.raises(GuestSetupError) as err:
-                open_guest_memory(os.getpid(), base, 16)
+                SharedGuestMemory(os.getpid(), base, 16)
         assert err.value.errno == errno.EFAULT
         assert len(caplog.records) == 1 and "MAP_PRIVATE" in caplog.records[0].getMessage()
     finally:

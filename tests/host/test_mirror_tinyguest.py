@@ -21,7 +21,6 @@ import pytest
 
 from cuse_lguest import abi
 from cuse_lguest.device import Device
-from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.mirror import MirrorGuestMemory
 from cuse_lguest.testing.launcher import Block, Launcher, WaitFor
 from cuse_lguest.testing.transport import DeviceTransport
@@ -139,15 +138,6 @@ class VanishingLauncher(Launcher):
             self.ram.close()
 
 
-# The core still calls at_run_entry() (and the at_exit() after each emu_start)
-# outside its GuestFault guard, so a fault found there escapes Guest.run()
-# instead of killing the Guest.  Strict: these start passing (and must lose
-# the marker) once the core guards those two calls.
-CORE_UNGUARDED = pytest.mark.xfail(strict=True, raises=GuestFault,
-                                   reason="core: VCpu.run calls at_run_entry/at_exit outside _guarded")
-
-
-@CORE_UNGUARDED
 def test_launcher_that_unmaps_its_memory_kills_the_guest_cleanly(tinyguest):
     result, _ = boot(tinyguest, "hello", launcher=VanishingLauncher)
     assert result.death is not None and result.death.startswith("launcher memory gone: "), result
@@ -233,7 +223,6 @@ def test_c_launcher_private_ram_is_mirrored_across_processes(c_launcher):
     assert "tinyguest: hello from the early console\n" in text and "tinyguest: hello PASS console=early\n" in text
 
 
-@CORE_UNGUARDED
 def test_c_launcher_killed_mid_run_is_a_clean_guest_death(c_launcher):
     launcher = c_launcher("test=hello", "nodev=1")
     assert launcher.device.write(launcher.proc.pid, launcher.fh, 0, launcher.init) == 24
