@@ -14,9 +14,14 @@ GUESTS = HERE / "guests"
 NATIVE = HERE / "native"
 
 
+def _run_make(*args: str) -> None:
+    done = subprocess.run(["make", "-s", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"make {' '.join(args)} failed:\n{done.stderr.strip()}")
+
+
 def _make(directory: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-    subprocess.run(["make", "-s", "-C", str(directory), f"BUILD={directory / 'build'}", str(target)],
-                   check=True, capture_output=True, text=True)
+    _run_make("-C", str(directory), f"BUILD={directory / 'build'}", str(target))
     return target
 
 
@@ -32,5 +37,5 @@ def native(name: str) -> pathlib.Path:
 
 def project(root: pathlib.Path, *parts: str) -> pathlib.Path:
     """Build native/ (tinyguest, the launchers) and return a path under native/build."""
-    subprocess.run(["make", "-s", "-C", str(root / "native")], check=True, capture_output=True, text=True)
+    _run_make("-C", str(root / "native"))
     return root.joinpath("native", "build", *parts)
