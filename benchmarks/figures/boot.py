@@ -32,7 +32,7 @@ def _linux(ctx: Context, build: str) -> list[Measurement]:
         ctx.log(f"{NAME}: Linux row skipped: set LGUEST_LINUX_KERNEL and LGUEST_LINUX_INITRD")
         return []
     marker = os.environ.get("LGUEST_LINUX_MARKER", "LGUEST-GUEST-UP").encode()
-    args = os.environ.get("LGUEST_LINUX_ARGS", "console=hvc0").split()
+    args = os.environ.get("LGUEST_LINUX_ARGS", "").split()
     seconds = []
     for i in range(1 if ctx.quick else 3):
         ctx.log(f"{NAME}: Linux boot {i + 1}")
