@@ -133,16 +133,27 @@ class Machine:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def drop_code(self, gpa: int, length: int) -> None:
-        """Forget translations of Guest code rewritten from outside the CPU.
+        """Forget translations of Guest-physical [gpa, gpa+length), rewritten from outside the CPU.
 
         ctl_remove_cache takes a *virtual* range in the current address space
-        and silently ignores unmapped ones, so it is only exact in linear mode;
-        under paging we drop every translation.
+        and silently ignores unmapped ones.  With paging off, virtual is
+        physical, so we switch paging off for the call and back on after: the
+        exact range is dropped and every other translation survives.  (The
+        alternative, ctl_flush_tb, throws away all of the Guest's translated
+        code, which it then pays to translate again.)  The CR0 writes flush
+        the TLB, which refills from the Guest's tables as usual.
         """
-        if self.pgdir.paging:
-            self.uc.ctl_flush_tb()
-        else:
+        if length <= 0:
+            return
+        if not self.pgdir.paging:
             self.uc.ctl_remove_cache(gpa, gpa + length)
+            return
+        cr0 = self.regs.read(UC_X86_REG_CR0)
+        self.regs.write(UC_X86_REG_CR0, cr0 & ~CR0_PG)
+        try:
+            self.uc.ctl_remove_cache(gpa, gpa + length)
+        finally:
+            self.regs.write(UC_X86_REG_CR0, cr0)
 
     def set_ts(self, on: bool) -> None:
         cr0 = self.regs.read(UC_X86_REG_CR0)
