@@ -136,3 +136,17 @@ class DevicePageTwin:
             if byte < len(rec.features):
                 at = rec.features_offset + byte
                 self.local[self.gpa + at] = self.twin[at] & ~(1 << mask)
+
+
+def device_page_gpa(view: memoryview, limit: int) -> int | None:
+    """Where the launcher put the device page: the first page above RAM (spec §2.6).
+
+    The Guest finds it as its max_pfn, from the zero page's single e820 entry;
+    so do we.  None when the zero page describes no usable RAM below `limit`.
+    """
+    if view[abi.BP_E820_ENTRIES] < 1:
+        return None
+    addr, size, _ = abi.E820_ENTRY.unpack_from(view, abi.BP_E820_MAP)
+    if addr != 0 or size <= 0 or size % abi.PAGE_SIZE or size + abi.PAGE_SIZE > limit:
+        return None
+    return size

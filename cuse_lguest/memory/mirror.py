@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 
 from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError
-from cuse_lguest.memory.devpage import DevicePageTwin
+from cuse_lguest.memory.devpage import DevicePageTwin, device_page_gpa
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.guest_memory import GuestMemory
 from cuse_lguest.memory.remote import LauncherMemory, Piece
@@ -109,12 +109,8 @@ class MirrorGuestMemory(GuestMemory):
 
     # ---- layout ----------------------------------------------------------------
     def _find_device_page(self) -> DevicePageTwin | None:
-        if self.view[abi.BP_E820_ENTRIES] < 1:
-            return None
-        addr, size, _ = abi.E820_ENTRY.unpack_from(self.view, abi.BP_E820_MAP)
-        if addr != 0 or size <= 0 or size % abi.PAGE_SIZE or size + abi.PAGE_SIZE > self.limit:
-            return None
-        return DevicePageTwin(size, self.view, self.host_address, self.remote)
+        gpa = device_page_gpa(self.view, self.limit)
+        return None if gpa is None else DevicePageTwin(gpa, self.view, self.host_address, self.remote)
 
     def _rescan(self) -> None:
         """Track every queue the device page describes, keeping the state of those that did not move."""

@@ -20,6 +20,7 @@ from cuse_lguest.memory.guest_memory import GuestMemory
 from cuse_lguest.memory.launcher_maps import covering, parse_maps
 from cuse_lguest.memory.mirror import MirrorGuestMemory
 from cuse_lguest.memory.mode import needs_mirror
+from cuse_lguest.memory.written import DeviceWrites
 
 log = logging.getLogger("cuse_lguest.memory")
 
@@ -39,8 +40,10 @@ def _refuse(pid: int, why: str) -> GuestSetupError:
 class SharedGuestMemory(GuestMemory):
     """Guest RAM that *is* the launcher's RAM (zero copy, exactly coherent).
 
-    The four sync points are no-ops here: both sides always see the same
-    bytes.  Mirror mode (private launcher RAM) will override them.
+    Both sides always see the same bytes, so there is nothing to copy at the
+    sync points.  The one thing shared pages cannot do is tell Unicorn that
+    the launcher rewrote them: on_irq reports what its helpers filled (see
+    written.py) so stale translations of those pages are dropped.
     """
 
     def __init__(self, pid: int, base: int, pfnlimit: int) -> None:
@@ -81,6 +84,13 @@ class SharedGuestMemory(GuestMemory):
             raise
         super().__init__(addr, pfnlimit)
         self._mapped = size
+        self._writes = DeviceWrites(self.view, self.limit)
+
+    def on_irq(self) -> None:
+        """The launcher filled buffers and said so: forget code translated from those pages."""
+        span = self._writes.span()
+        if span is not None:
+            self.code_changed(*span)
 
     def close(self) -> None:
         if self._mapped:
