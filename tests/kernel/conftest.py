@@ -102,9 +102,12 @@ def kernel_run(request: pytest.FixtureRequest, native_build: pathlib.Path,
     command = f"{sys.executable} {DRIVER} --results {results} --only {' '.join(wanted)}"
     # Progress goes to the terminal, past output capture: a long silent VM is hard to trust.
     terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def progress(line: str) -> None:
-        if terminal is not None and line.startswith("KTEST"):
+        if terminal is None or capture is None or not line.startswith("KTEST"):
+            return
+        with capture.global_and_fixture_disabled():
             terminal.ensure_newline()
             terminal.write(f"kernel tier: {line}", flush=True)
 

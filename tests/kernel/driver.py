@@ -339,6 +339,8 @@ def udev_rule(server: Server) -> dict:
     started = subprocess.run(["pgrep", "-x", "systemd-udevd"], capture_output=True).returncode != 0
     if started:
         subprocess.run([str(UDEVD), "--daemon"], check=True, stderr=subprocess.DEVNULL)
+    # udevd answers a ping only once it listens for events; a trigger sent earlier is lost.
+    subprocess.run(["udevadm", "control", "--ping", "-t", "30"], check=False)
     try:
         install = subprocess.run([sys.executable, "-m", "cuse_lguest.udev", "--install",
                                   "/run/udev/rules.d"], capture_output=True, text=True, timeout=60)
@@ -349,6 +351,8 @@ def udev_rule(server: Server) -> dict:
         gid = grp.getgrnam(udev.DEFAULT_GROUP).gr_gid
         return {"install_rc": install.returncode, "install_stderr": install.stderr,
                 "node": _node_facts(), "expected_group": udev.DEFAULT_GROUP,
+                "udevadm_info": subprocess.run(["udevadm", "info", str(NODE)], capture_output=True,
+                                               text=True).stdout,
                 "expected_mode": oct(int(udev.DEFAULT_MODE, 8)),
                 "member": _client("open", _as_nobody([gid])),
                 "non_member": _client("open", _as_nobody([]))}
