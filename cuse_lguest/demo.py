@@ -148,7 +148,10 @@ def _in_vm(args: argparse.Namespace) -> int:
         inner += ["--launcher", str(args.launcher.resolve())]
     if args.args:
         inner += ["--", *[a for a in args.args if a != "--"]]
-    result = vm.run(" ".join(shlex.quote(a) for a in inner), vm.VMOptions(timeout=VM_TIMEOUT_S),
+    # Same working directory, so relative launcher arguments mean the same files
+    # (the VM shares / read-only; its /tmp, /run and /var/tmp are fresh tmpfs).
+    opts = vm.VMOptions(timeout=VM_TIMEOUT_S, cwd=os.getcwd())
+    result = vm.run(" ".join(shlex.quote(a) for a in inner), opts,
                     on_line=lambda line: (sys.stdout.write(line), sys.stdout.flush()))
     if result.vm_failed:
         say(result.diagnosis())
