@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -140,9 +141,22 @@ static void kill_launcher(int sig)
 	kill(0, SIGTERM);
 }
 
+/* The launcher's pid, for its helpers to check that they still have a parent. */
+static pid_t launcher_pid;
+
 static int helper_main(void *arg)
 {
 	struct vq *vq = arg;
+	/*
+	 * A helper holds a copy of the /dev/lguest fd, and the Guest is released
+	 * only when the last copy closes.  If the launcher is killed (SIGKILL
+	 * cannot be caught, so it cannot kill us on its way out), we must go too,
+	 * or the Guest and its eventfds would outlive it.  The parent may already
+	 * have died before prctl() ran: check once more afterwards.
+	 */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != launcher_pid)
+		_exit(1);
 	for (;;)
 		vq->service(vq);
 	return 0;
@@ -162,6 +176,7 @@ static void start_queue(struct vq *vq)
 		err(1, "Allocating a helper stack");
 	/* A dying helper is fatal: SIGCHLD takes the whole launcher down. */
 	signal(SIGCHLD, kill_launcher);
+	launcher_pid = getpid();
 	vq->helper = clone(helper_main, (char *)vq->stack + HELPER_STACK, CLONE_VM | SIGCHLD, vq);
 	if (vq->helper < 0)
 		err(1, "Creating helper for %s queue %u", vq->dev->name, vq->index);

@@ -13,8 +13,6 @@ pytestmark = pytest.mark.vm
 
 BITS = pytest.mark.parametrize("bits", ["32", "64"])
 POWEROFF_REASON = "CRASH: tinyguest: done"
-# How a launcher reports INITIALIZE refused with EFAULT (strerror, or the server's log).
-EFAULT = re.compile(r"Bad address|EFAULT")
 
 
 def _passed(scenario, test: str, facts: dict | None = None) -> None:
@@ -79,13 +77,5 @@ def test_two_guests_at_once_without_crosstalk(scenario, bits):
 @pytest.mark.parametrize("test", ["hello", "echo", "blk"])
 @pytest.mark.kernel_scenario("private-{test}-{bits}")
 def test_private_memory(scenario, bits, test):
-    """--private is the historical launcher's memory: the service must mirror it.
-
-    Until mirror mode exists the service refuses such RAM with EFAULT; that
-    one outcome is an expected failure, anything else is a real one.
-    """
-    facts = scenario.facts
-    if f"tinyguest: {test} PASS" not in facts["output"] and (
-            EFAULT.search(facts["output"]) or EFAULT.search(scenario.server_log)):
-        pytest.xfail("the service refuses private guest memory with EFAULT (mirror mode not built yet)")
+    """--private is the historical launcher's memory layout: the service must mirror it."""
     _passed(scenario, test)
