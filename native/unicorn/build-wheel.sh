@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
-# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our fast-store patch,
-# and print the wheel's path (the only thing on stdout; logs go to stderr).
+# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store,
+# block-stop), and print the wheel's path (the only thing on stdout; logs go to stderr).
 #
 #   native/unicorn/build-wheel.sh               the wheel (built once, then cached)
 #   native/unicorn/build-wheel.sh --unit-tests  also build Unicorn's own test_x86 and
 #                                               test_ctl on the same patched tree and
 #                                               print the directory holding them
 #
-# Why: stock 2.1.4 sends every guest store of a 32-bit guest through its slow path
-# (docs/performance.md).  The sdist is pinned by version AND sha256, so the patch
-# always lands on the exact bytes it was written and reviewed against.
+# Why: stock 2.1.4 sends every guest store of a 32-bit guest through its slow path,
+# and offers no safe way to stop a running CPU from another thread without a block
+# hook that costs ~20% of guest compute (docs/performance.md, native/unicorn/README.md).
+# The sdist is pinned by version AND sha256, so the patches always land on the exact
+# bytes they were written and reviewed against.
 #
 # The cache (CUSE_LGUEST_CACHE, default /var/cache/cuse-lguest) is keyed by the
-# sdist's hash and the hash of the recipe (patch + build flags), so a changed
+# sdist's hash and the hash of the recipe (patches + build flags), so a changed
 # patch rebuilds and an unchanged one never does.
 set -euo pipefail
 
 VERSION=2.1.4
 SDIST_SHA256=00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff
-LOCAL_LABEL=cuselguest.faststore           # wheel version: 2.1.4+cuselguest.faststore
+LOCAL_LABEL=cuselguest.faststore.blockstop # wheel version: 2.1.4+cuselguest.faststore.blockstop
+# The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
+# "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
+PATCHES=(fast-store block-stop)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on)
 # The marker section (non-allocated, so never loaded) that cuse_lguest/unicorn_build.py reads from the built library.
 NOTE_SECTION=.cuse_lguest_build
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-PATCH=$HERE/$PATCH_NAME.patch
+PATCH_FILES=()
+for p in "${PATCHES[@]}"; do PATCH_FILES+=("$HERE/$p.patch"); done
 PY=${PYTHON:-python3}
 JOBS=$(nproc 2>/dev/null || echo 2)
 
@@ -92,9 +98,12 @@ prepare_tree() {
 	rm -rf "$WORK/src" "$WORK/cmake-build"
 	mkdir -p "$WORK/src"
 	tar -xzf "$SDIST" -C "$WORK/src" --strip-components=1
-	log "applying $(basename "$PATCH")"
-	patch -d "$WORK/src" -p1 --batch --forward --quiet <"$PATCH" >&2 ||
-		die "$(basename "$PATCH") does not apply to unicorn-$VERSION"
+	local p
+	for p in "${PATCH_FILES[@]}"; do
+		log "applying $(basename "$p")"
+		patch -d "$WORK/src" -p1 --batch --forward --quiet <"$p" >&2 ||
+			die "$(basename "$p") does not apply to unicorn-$VERSION (after the patches before it)"
+	done
 	touch "$WORK/src/.patched"
 }
 
@@ -120,8 +129,11 @@ build_wheel() {
 	# Building it ourselves is how we choose x86 only without touching setup.py.
 	cp -L "$WORK/cmake-build/libunicorn.so.2" "$WORK/src/prebuilt/libunicorn.so.2"
 	cp -L "$WORK/cmake-build/libunicorn.a" "$WORK/src/prebuilt/libunicorn.a"
-	printf '{"patch": "%s", "patch_sha256": "%s", "sdist_sha256": "%s", "version": "%s+%s"}\n' \
-		"$PATCH_NAME" "$(sha256 "$PATCH")" "$SDIST_SHA256" "$VERSION" "$LOCAL_LABEL" >"$WORK/marker.json"
+	# patch_sha256 covers the whole patch set, in order.
+	printf '{"patch": "%s", "patches": [%s], "patch_sha256": "%s", "sdist_sha256": "%s", "version": "%s+%s"}\n' \
+		"$PATCH_NAME" "$(printf '"%s", ' "${PATCHES[@]}" | sed 's/, $//')" \
+		"$(cat "${PATCH_FILES[@]}" | sha256sum | cut -d' ' -f1)" "$SDIST_SHA256" "$VERSION" "$LOCAL_LABEL" \
+		>"$WORK/marker.json"
 	objcopy --add-section "$NOTE_SECTION=$WORK/marker.json" \
 		"$WORK/src/prebuilt/libunicorn.so.2"
 	ensure_build_deps
@@ -141,7 +153,7 @@ exec 9>"$CACHE/.lock"
 flock 9
 
 SDIST=$(fetch_sdist)
-RECIPE_SHA=$( { cat "$PATCH"; echo "${CMAKE_FLAGS[*]} $LOCAL_LABEL $NOTE_SECTION"; } | sha256sum | cut -c1-16)
+RECIPE_SHA=$( { cat "${PATCH_FILES[@]}"; echo "${CMAKE_FLAGS[*]} $LOCAL_LABEL $NOTE_SECTION"; } | sha256sum | cut -c1-16)
 WORK=$CACHE/build-${SDIST_SHA256:0:16}-$RECIPE_SHA
 mkdir -p "$WORK"
 
