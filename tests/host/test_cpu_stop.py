@@ -1,0 +1,146 @@
+"""Stopping a running vCPU from another thread (cpu/stopper.py), in the spirit of the lab's repro.
+
+The Guest loop is `incl (%ebx); inc %ecx; jmp loop`: one translated block whose
+first instruction is a read-modify-write.  A stop that lands after that
+instruction's store and rewinds EIP to it (what uc_emu_stop() from another
+thread does in Unicorn 2.1.4) runs it twice, and the two counters part.  A stop
+at a block boundary leaves EIP at the loop's start and the counters equal.
+Every test runs on both mechanisms: the one StopFlag picks (the block-stop flag
+on our build, the block hook on the stock wheel) and the forced block hook.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+
+import pytest
+from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+from unicorn.x86_const import UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EIP
+
+from cuse_lguest import unicorn_build
+from cuse_lguest.cpu.stopper import FLAG, StopFlag, block_stop_available
+
+LOOP = 0x1000
+COUNTER = 0x2000
+NEVER = 0x8000                                # the `until` address: never reached
+CODE = bytes.fromhex("ff03" "41" "ebfb")      # loop: incl (%ebx); inc %ecx; jmp loop
+STOPS = 3000
+LOST_AFTER_S = 30.0                           # only to turn a lost request into a failure, not a hang
+
+
+def loop_machine() -> Uc:
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(LOOP, CODE)
+    uc.reg_write(UC_X86_REG_EBX, COUNTER)
+    return uc
+
+
+def counters(uc: Uc) -> tuple[int, int]:
+    """(the memory counter, ECX)."""
+    return struct.unpack("<I", uc.mem_read(COUNTER, 4))[0], uc.reg_read(UC_X86_REG_ECX)
+
+
+@pytest.fixture(params=[False, True], ids=["picked", "block-hook"])
+def use_hook(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
+def test_thousands_of_foreign_stops_never_rerun_an_instruction(use_hook: bool) -> None:
+    uc = loop_machine()
+    stop = StopFlag(uc, use_hook=use_hook)
+    cond = threading.Condition()
+    state = {"asked": 0, "handled": 0, "done": False, "lost": 0}
+
+    def requester() -> None:
+        """Like an interrupt source: pending work first, then the flag; waits until the vCPU saw it."""
+        for ticket in range(1, STOPS + 1):
+            with cond:
+                state["asked"] = ticket
+            stop.request()
+            with cond:
+                if not cond.wait_for(lambda: state["handled"] >= ticket, timeout=LOST_AFTER_S):
+                    state["lost"] = ticket
+                    break
+        with cond:
+            state["done"] = True
+        stop.request()
+        if state["lost"]:
+            uc.emu_stop()             # the flag failed: get the vCPU out anyway, safety no longer matters
+
+    thread = threading.Thread(target=requester, daemon=True)
+    thread.start()
+    returns, bad = 0, []
+    eip = LOOP
+    while True:
+        stop.clear()                  # the vCPU protocol: clear, then look at pending work, then run
+        with cond:
+            if state["done"]:
+                break
+            state["handled"] = state["asked"]
+            cond.notify_all()
+        uc.emu_start(eip, NEVER)
+        returns += 1
+        eip = uc.reg_read(UC_X86_REG_EIP)
+        mem, ecx = counters(uc)
+        if mem != ecx or eip != LOOP:
+            bad.append((returns, eip, mem, ecx))
+    thread.join()
+    assert not state["lost"], f"request {state['lost']} was never seen by the vCPU"
+    assert not bad, f"{len(bad)} of {returns} stops left the loop mid-instruction, e.g. {bad[:3]}"
+    assert returns >= STOPS // 2, f"only {returns} stops for {STOPS} requests"
+    assert counters(uc)[0] > 0
+
+
+def test_a_request_before_emu_start_stops_it_before_the_first_instruction(use_hook: bool) -> None:
+    uc = loop_machine()
+    stop = StopFlag(uc, use_hook=use_hook)
+    stop.request()
+    for _ in range(2):                # Unicorn never clears the flag: every entry stops at once
+        uc.emu_start(LOOP, NEVER)
+        assert uc.reg_read(UC_X86_REG_EIP) == LOOP
+        assert counters(uc) == (0, 0)
+    stop.clear()                      # now it runs, until the next request
+    later = threading.Timer(0.05, stop.request)
+    later.start()
+    uc.emu_start(LOOP, NEVER)
+    later.join()
+    mem, ecx = counters(uc)
+    assert mem == ecx > 0
+
+
+def test_the_harness_catches_a_foreign_emu_stop() -> None:
+    """The control: uc_emu_stop() from another thread does re-run `incl`, and the check above would see it."""
+    uc = loop_machine()
+    quit_ = threading.Event()
+
+    def ticker() -> None:
+        while not quit_.is_set():
+            uc.emu_stop()
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=ticker, daemon=True)
+    thread.start()
+    eip, caught = LOOP, False
+    try:
+        for _ in range(20 * STOPS):
+            uc.emu_start(eip, NEVER)
+            eip = uc.reg_read(UC_X86_REG_EIP)
+            mem, ecx = counters(uc)
+            if mem != ecx:
+                caught = True
+                break
+    finally:
+        quit_.set()
+        thread.join()
+    assert caught, "no double increment seen: the harness may no longer detect an unsafe stop"
+
+
+def test_our_build_stops_without_a_block_hook() -> None:
+    marker = unicorn_build.current().marker or {}
+    if os.environ.get("CI") != "true" and "block-stop" not in marker.get("patches", []):
+        pytest.skip("the loaded Unicorn is not built with block-stop.patch (the block hook is the fallback)")
+    assert block_stop_available()
+    assert StopFlag(loop_machine()).kind == FLAG
