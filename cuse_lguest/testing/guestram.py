@@ -126,3 +126,27 @@ def load_elf(buf: mmap.mmap | bytearray | memoryview, path: str | os.PathLike) -
                 raise ValueError(f"{path}: segment at {paddr:#x}+{len(data):#x} is beyond guest memory")
             buf[paddr:paddr + len(data)] = data
         return elf["e_entry"]
+
+
+def load_bzimage(buf: mmap.mmap | bytearray | memoryview, path: str | os.PathLike) -> int:
+    """A bzImage the historical way (spec §2.3): skip the boot and setup sectors, put the rest
+    at 1 MiB, and enter at the header's code32_start.  The real-mode setup code never runs,
+    and the header is not copied into the zero page: the launcher fills that itself.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[abi.BP_HDR_MAGIC:abi.BP_HDR_MAGIC + 4] != abi.BOOT_HDR_MAGIC:
+        raise ValueError(f"{path}: no 'HdrS' boot header: not a bzImage")
+    skip = (data[abi.BP_SETUP_SECTS] + 1) * 512
+    payload = data[skip:]
+    if skip >= len(data) or abi.BZIMAGE_LOAD_ADDR + len(payload) > len(buf):
+        raise ValueError(f"{path}: the bzImage payload does not fit in guest memory")
+    buf[abi.BZIMAGE_LOAD_ADDR:abi.BZIMAGE_LOAD_ADDR + len(payload)] = payload
+    return int.from_bytes(data[abi.BP_CODE32_START:abi.BP_CODE32_START + 4], "little")
+
+
+def load_kernel(buf: mmap.mmap | bytearray | memoryview, path: str | os.PathLike) -> int:
+    """An ELF vmlinux or a bzImage, told apart the way the launcher does (the ELF magic first)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    return load_elf(buf, path) if magic == b"\x7fELF" else load_bzimage(buf, path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from cuse_lguest import abi
-from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam, load_elf
+from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam, load_kernel
 from cuse_lguest.testing.layout import DeviceArea, VirtDevice, block_config, place_initrd, write_boot_params
 from cuse_lguest.testing.queues import (BlockService, ConsoleInput, ConsoleOutput, QueueWorker, WaitFor,
                                         eventfd_request, irq_request, rng_service)
@@ -111,7 +111,7 @@ class Launcher:
                 devices.append((area.add_device("rng", abi.VIRTIO_ID_RNG, 1), [rng_service]))
         console = area.add_device("console", abi.VIRTIO_ID_CONSOLE, 2)   # always present, always last
         devices.append((console, [ConsoleInput(self.console_input, self._wait_output), ConsoleOutput(self._emit)]))
-        start = load_elf(ram.buf, self.kernel)
+        start = load_kernel(ram.buf, self.kernel)
         initrd_len = place_initrd(ram.buf, ram.mem, self.initrd) if self.initrd else 0
         write_boot_params(ram.buf, ram.mem, self.args, initrd_len)
         return start, area, devices

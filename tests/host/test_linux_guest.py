@@ -33,7 +33,6 @@ import zlib
 import pytest
 
 from cuse_lguest import abi
-from cuse_lguest.testing import launcher as launcher_mod
 from cuse_lguest.testing.launcher import Block, Launcher, Rng, WaitFor
 from cuse_lguest.testing.transport import DeviceTransport
 from cuse_lguest.vm import cpio
@@ -84,36 +83,6 @@ def initrd() -> pathlib.Path:
 
 def _is_bzimage(data: bytes) -> bool:
     return len(data) > abi.BP_CODE32_START + 4 and data[abi.BP_HDR_MAGIC:abi.BP_HDR_MAGIC + 4] == abi.BOOT_HDR_MAGIC
-
-
-def _load_bzimage(buf, data: bytes) -> int:
-    """What native/launcher/kernel.c does: skip boot + setup sectors, payload to 1 MiB, enter at code32_start."""
-    skip = (data[abi.BP_SETUP_SECTS] + 1) * 512
-    payload = data[skip:]
-    buf[abi.BZIMAGE_LOAD_ADDR:abi.BZIMAGE_LOAD_ADDR + len(payload)] = payload
-    return struct.unpack_from("<I", data, abi.BP_CODE32_START)[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bzimage_loading():
-    """Let the in-process launcher take a bzImage.
-
-    testing.launcher loads kernels with testing.guestram.load_elf, which only takes an
-    ELF vmlinux; the C launcher takes both.  Until the Python launcher does too, a bzImage
-    is loaded here the C launcher's way and ELF files go to the launcher's own loader.
-    """
-    original = launcher_mod.load_elf
-
-    def load(buf, path):
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:4] != b"\x7fELF" and _is_bzimage(data):
-            return _load_bzimage(buf, data)
-        return original(buf, path)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(launcher_mod, "load_elf", load)
-        yield
 
 
 def _vmlinux_bytes_at(kernel: pathlib.Path, vaddr: int, n: int) -> bytes:
