@@ -4,11 +4,14 @@ See _native_build.py for why a stop may only take effect at the start of a
 translated block.  This module owns one `struct lg_stop` per Unicorn instance
 and hands its flag to whichever mechanism this Unicorn offers:
 
-* `uc_set_block_stop_flag` (our block-stop patch): libunicorn reads the flag
-  in the check it already makes at every block start, so a Guest that nobody
-  stops pays nothing per block;
-* otherwise a native UC_HOOK_BLOCK callback that reads it and calls
-  uc_emu_stop(): just as safe, but every block calls into the hook.
+* the default: a native UC_HOOK_BLOCK callback that reads it and calls
+  uc_emu_stop();
+* only when asked for (`use_flag=True`, tests and investigation):
+  `uc_set_block_stop_flag` (our block-stop patch), where libunicorn reads the
+  flag in the check it already makes at every block start.  It is NOT the
+  default: with it a Linux 3.18 Guest crashes at random during boot (oops in
+  apply_paravirt, copy_page_range, ...) while the block hook boots it; see
+  docs/performance.md (guest_compute).
 
 Either way the flag lives in memory this object owns, not inside Unicorn, so a
 request() that races with Machine.close() writes nowhere it should not.
@@ -28,7 +31,6 @@ import logging
 from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
-from cuse_lguest import unicorn_build
 from cuse_lguest.cpu._native import ffi, lib
 
 log = logging.getLogger("cuse_lguest.cpu")
@@ -57,14 +59,15 @@ class StopFlag:
 
     Unicorn keeps a pointer into this object either way (the flag, or the
     hook's user data), so it must live as long as `uc` may run: Machine holds
-    both.  `use_hook=True` forces the block hook even where the patched entry
-    point exists, so that tests can check both ways on one build.
+    both.  The block hook is used unless `use_flag=True` asks for the patched
+    entry point (and the loaded Unicorn has it); `use_hook` is kept for callers
+    that force the hook explicitly.
     """
 
-    def __init__(self, uc: Uc, *, use_hook: bool = False) -> None:
+    def __init__(self, uc: Uc, *, use_hook: bool = False, use_flag: bool = False) -> None:
         self._state = ffi.new("struct lg_stop *")
         handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
-        entry = None if use_hook else _symbol(BLOCK_STOP_ENTRY)
+        entry = _symbol(BLOCK_STOP_ENTRY) if use_flag and not use_hook else None
         if entry is not None:
             set_flag = ffi.cast("int (*)(void *, volatile int *)", entry)
             err = set_flag(ffi.cast("void *", handle), ffi.addressof(self._state, "flag"))
@@ -80,7 +83,7 @@ class StopFlag:
             what, self.kind = "uc_hook_add", HOOK
         if err:
             raise RuntimeError(f"cannot install the vCPU stop flag ({what} error {err})")
-        _log_once(self.kind, forced=use_hook)
+        _log_once(self.kind, forced=use_hook or use_flag)
 
     def request(self) -> None:
         """Any thread: make the vCPU leave emulation at its next block boundary."""
@@ -101,5 +104,4 @@ def _log_once(kind: str, *, forced: bool) -> None:
         log.info("vCPU stops: Unicorn's block-start check reads the stop flag (%s): no per-block cost",
                  BLOCK_STOP_ENTRY)
     else:
-        log.warning("vCPU stops: a native block hook, because this Unicorn has no %s: it costs about a "
-                    "fifth of guest compute. To fix it, %s.", BLOCK_STOP_ENTRY, unicorn_build.FIX)
+        log.info("vCPU stops: a native block hook that calls uc_emu_stop() (about a fifth of guest compute)")
