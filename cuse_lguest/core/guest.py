@@ -6,6 +6,11 @@ slot, all under one lock, plus the stop flag that makes a running vCPU look
 at them (see cpu/stopper.py) and a condition variable that wakes a halted
 one.  That is the whole concurrency story: LHREQ_IRQ, the timer and the
 device's interrupt() all reduce to "change state, then kick".
+
+The vCPU looks at this state at every exit and almost always finds nothing,
+so it first peeks without the lock: reading an attribute is atomic under
+the GIL, and only changes need the lock.  A change that lands just after a
+peek came with a kick, and the kick makes the vCPU look again.
 """
 from __future__ import annotations
 
@@ -108,6 +113,8 @@ class LguestGuest:
 
     def pending_irqs(self) -> int:
         """The pending bitmap; also performs the LHREQ_IRQ memory sync point once per injection."""
+        if not self._pending and not self._from_launcher:
+            return 0                      # the lock-free peek (module docstring)
         with self._lock:
             pending, launcher, self._from_launcher = self._pending, self._from_launcher, False
         if launcher:
@@ -119,6 +126,8 @@ class LguestGuest:
             self._pending &= ~(1 << irq)
 
     def take_interrupt_request(self) -> bool:
+        if not self._interrupt:
+            return False                  # the lock-free peek (module docstring)
         with self._lock:
             asked, self._interrupt = self._interrupt, False
             return asked

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_CS, UC_X86_REG_EAX, UC_X86_REG_EFLAGS,
-                               UC_X86_REG_EIP, UC_X86_REG_ESP, UC_X86_REG_SS)
+                               UC_X86_REG_EIP, UC_X86_REG_ESP)
 
 from cuse_lguest import abi
 from cuse_lguest.core.handshake import write_time
@@ -31,8 +31,8 @@ _GP_EMULATED_LENGTH = {0xFA: 1, 0xE4: 2, 0xE5: 2, 0xEC: 1, 0xED: 1, 0xE6: 2, 0xE
 def push_frame(v: "VCpu", gate: tuple[int, int, int], err: int | None, eip: int) -> None:
     """Enter the Guest's handler `gate` = (offset, dpl, type) as the CPU would have."""
     regs, mem = v.regs, v.memory
-    cs, ss = regs.read(UC_X86_REG_CS), regs.read(UC_X86_REG_SS)
-    esp, eflags = regs.read(UC_X86_REG_ESP), regs.read(UC_X86_REG_EFLAGS)
+    cs, ss, esp, eflags = v.frame_regs.read()
+    running_flags = eflags            # the live EFLAGS; the frame's copy takes IF from the Guest's flag
     from_user = ss & 3 != abi.GUEST_PL
     if from_user:
         new_ss, new_esp = v.kernel_stack
@@ -55,7 +55,7 @@ def push_frame(v: "VCpu", gate: tuple[int, int, int], err: int | None, eip: int)
     if from_user:
         v.machine.enter_ring1(new_ss)
     regs.write(UC_X86_REG_ESP, new_esp - 4 * len(words))
-    regs.write(UC_X86_REG_EFLAGS, regs.read(UC_X86_REG_EFLAGS) & ~_CLEARED_ON_ENTRY)
+    regs.write(UC_X86_REG_EFLAGS, running_flags & ~_CLEARED_ON_ENTRY)
     regs.write(UC_X86_REG_EIP, gate[0])
     if gate[2] == abi.GATE_INTERRUPT:
         mem.write_u32(v.ld.gpa + abi.LGUEST_DATA_IRQ_ENABLED, 0)

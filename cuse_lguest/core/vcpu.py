@@ -8,9 +8,11 @@ run() repeats, in the 3.x order:
   7. halted: sleep until an unblocked IRQ is pending;
   8. enter the Guest until the next exit.
 Exits are handled inside Unicorn's hooks and then steps 1-5 run right there,
-so a hypercall or a trap costs no extra emu_start round trip; the hook only
-stops emulation when run() must return or the Guest halts.  Everything that
-goes wrong in the Guest surfaces as GuestFault and becomes its death.
+so a hypercall or a trap costs no extra emu_start round trip.  A HALT sleeps
+right there too (step 7), and the IRQ that wakes it is delivered before the
+hook returns: the Guest resumes in its handler without leaving emu_start.
+The hook only stops emulation when run() must return.  Everything that goes
+wrong in the Guest surfaces as GuestFault and becomes its death.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING
 from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_PROT,
                      UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED)
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX,
-                               UC_X86_REG_EDX, UC_X86_REG_EIP, UC_X86_REG_ESI)
+                               UC_X86_REG_EDX, UC_X86_REG_EFLAGS, UC_X86_REG_EIP, UC_X86_REG_ESI,
+                               UC_X86_REG_ESP, UC_X86_REG_SS)
 
 from cuse_lguest import abi
 from cuse_lguest.core import interrupts
@@ -48,6 +51,11 @@ class VCpu:
         self.claim_notify = params.claim_notify
         self.machine = Machine(memory, params.start)
         self.regs = self.machine.regs
+        # Every int exit needs CS (hypercall or trap?) and a hypercall needs
+        # five more: one native call reads all six.
+        self._exit_regs = self.regs.batch(UC_X86_REG_CS, UC_X86_REG_EAX, UC_X86_REG_EBX,
+                                          UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_ESI)
+        self.frame_regs = self.regs.batch(UC_X86_REG_CS, UC_X86_REG_SS, UC_X86_REG_ESP, UC_X86_REG_EFLAGS)
         self.calls = Hypercalls(self)
         self.ld: LguestData | None = None
         self.ring: AsyncRing | None = None
@@ -123,9 +131,9 @@ class VCpu:
             if nr != abi.LHCALL_LGUEST_INIT:
                 raise GuestFault(f"hypercall {nr} before INIT")
             self.ld = lguest_init(self.memory, a1)
-            self.ring = AsyncRing(self.memory, self.ld.gpa)
+            self.ring = AsyncRing(self.memory, self.ld.gpa, self.calls.execute, self._notify_pending)
             return
-        self.ring.drain(self.calls.execute, lambda: self.notify != 0)
+        self.ring.drain()
         if not self.notify:
             self.hcall = None
             self.calls.execute(nr, a1, a2, a3, a4)
@@ -133,31 +141,46 @@ class VCpu:
             self.need_flush = False
             self.machine.flush_tlb()
 
+    def _notify_pending(self) -> bool:
+        return self.notify != 0
+
     # ---- exits (inside emu_start, on this thread) -----------------------------
     def _on_intr(self, vector: int) -> None:
-        regs = self.regs
         try:
-            cpl = regs.read(UC_X86_REG_CS) & 3
+            regs = self._exit_regs.read()           # CS, then the hypercall's EAX, EBX, ECX, EDX, ESI
+            cpl = regs[0] & 3
             if vector == abi.LGUEST_TRAP_ENTRY and cpl == abi.GUEST_PL:
-                self.hcall = (regs.read(UC_X86_REG_EAX), regs.read(UC_X86_REG_EBX), regs.read(UC_X86_REG_ECX),
-                              regs.read(UC_X86_REG_EDX), regs.read(UC_X86_REG_ESI))
+                self.hcall = regs[1:]
             else:
                 ctx = self.machine.ctx
                 ctx.snapshot()
                 err, software = ctx.error_code, ctx.is_int
                 ctx.clear_old_exception()
                 ctx.restore()
-                eip = regs.read(UC_X86_REG_EIP)
+                eip = self.regs.read(UC_X86_REG_EIP)
                 if software:
                     interrupts.software_interrupt(self, vector, eip, cpl)
                 else:
                     interrupts.hardware_trap(self, vector, err, eip)
             self.memory.at_exit()
             self._leave = self._service()
+            while self._leave is None and self.halted:
+                self._leave = self._sleep_then_service()
         except GuestFault as fault:
             self.guest.kill(fault.reason)
-        if self._leave is not None or self.halted or self.guest.death is not None:
+        if self._leave is not None or self.guest.death is not None:
             self.machine.uc.emu_stop()        # safe: we are the vCPU thread, inside a hook
+
+    def _sleep_then_service(self) -> tuple[RunExit, int] | None:
+        """Step 7 inside the hook, then steps 1-5 again, exactly as a pass of run()'s loop would.
+
+        The stop flag is cleared after the sleep and before the pending work is
+        looked at (see cpu/stopper.py): the kick that woke us set it, and
+        leaving it set would stop the Guest at the first block of its handler.
+        """
+        self.guest.sleep_while_halted(self)
+        self.machine.stop.clear()
+        return self._service()
 
     def _on_invalid(self) -> bool:
         """ud2 and other undefined opcodes: #UD (6) for the Guest's handler."""

@@ -6,8 +6,8 @@ Unicorn 2.1.4 has no API for three things a lguest host needs:
     which decides if the gate's DPL must be checked;
   * resetting old_exception: Unicorn never runs QEMU's do_interrupt, so
     after one fault the next is promoted to a double fault, and the one after
-    that silently ends emu_start.  We reset it after every fault and after
-    every emu_start return.
+    that silently ends emu_start.  We reset it in the hook of every fault
+    and after an emu_start that ends in an error (see machine.py).
 And one thing it refuses: raising the CPL (ring 3 -> ring 1 for interrupt
 delivery), because reg_write(SS) insists that RPL == DPL == current CPL.
 

@@ -6,9 +6,12 @@ Machine owns the Unicorn instance and hides its quirks from the core:
   * The first entry runs a one-instruction CPL0 stub whose `iret` puts the
     Guest at CPL 1 with lguest's initial registers; then the ring-0
     descriptors are retired.
-  * Every return from emu_start resets old_exception (Unicorn would otherwise
-    turn the next fault into a double fault), and `until` is a mapped,
-    user-readable address in the switcher region.
+  * old_exception must be reset after every fault (Unicorn would otherwise
+    turn the next one into a double fault).  Only #DE, #TS-#GP, #PF and #DF
+    set it, and each of them reaches the core's UC_HOOK_INTR hook, which
+    resets it first thing; so does the ud2 hook.  enter() checks it only when
+    emu_start ends in an error, the one way out that no hook may have seen.
+  * `until` is a mapped, user-readable address in the switcher region.
   * in/out never fault in Unicorn, so they get instruction hooks (`in` reads
     all ones: nothing is there); cpuid is answered from cpuid.py's table;
     ud2 arrives on the invalid-instruction hook.
@@ -106,14 +109,20 @@ class Machine:
                 self.gdt.retire_boot_segments()
                 self._booted = True
             self.uc.emu_start(self.regs.read(UC_X86_REG_EIP), UNTIL_ADDR)
-            return 0
-        except UcError as e:
-            return e.errno
-        finally:
-            self.ctx.snapshot()
-            if self.ctx.old_exception != -1:
-                self.ctx.clear_old_exception()
-                self.ctx.restore()
+        except BaseException as e:
+            self._reset_old_exception()
+            if isinstance(e, UcError):
+                return e.errno
+            raise
+        return 0
+
+    def _reset_old_exception(self) -> None:
+        """After an abnormal end of emu_start, which may have left a fault half handled."""
+        ctx = self.ctx
+        ctx.snapshot()
+        if ctx.old_exception != -1:
+            ctx.clear_old_exception()
+            ctx.restore()
 
     @property
     def at_until(self) -> bool:

@@ -57,3 +57,65 @@ def test_guest_killed_with_armed_timer_leaves_no_thread(native_build):
     assert g.run_to_end() == "Bad hypercall 99\n"
     g.close()
     assert {t.id for t in psutil.Process().threads()} <= before
+
+
+def _wait_until_halted(g) -> None:
+    """Until the vCPU sleeps in HALT (no timing involved: it is waited for, however long it takes)."""
+    while not g.guest.vcpu.halted:
+        threading.Event().wait(0.001)
+
+
+def test_halted_guest_takes_its_irq_without_leaving_emulation(native_build):
+    g = boot(native_build, "timer", "halt-for-irq=5")
+    try:
+        assert g.string_at(g.guest.run()[1]) == "halting\n"
+        machine = g.guest.vcpu.machine
+        enters, result = [], []
+        enter = machine.enter
+        machine.enter = lambda: enters.append(1) or enter()
+        runner = threading.Thread(target=lambda: result.append(g.guest.run()))
+        runner.start()
+        _wait_until_halted(g)
+        g.guest.irq(5)
+        runner.join()
+        # One emu_start for the whole run: HALT slept inside the hook and the IRQ was delivered there.
+        assert len(enters) == 1
+        assert result[0][0] is RunExit.NOTIFY and g.string_at(result[0][1]) == "irq while halted=0x00000005\n"
+        assert g.run_to_end() == "CRASH: timer test done"
+    finally:
+        g.close()
+
+
+def test_interrupt_returns_from_a_halted_guest_which_then_still_takes_its_irq(native_build):
+    g = boot(native_build, "timer", "halt-for-irq=6")
+    try:
+        assert g.string_at(g.guest.run()[1]) == "halting\n"
+        result = []
+        runner = threading.Thread(target=lambda: result.append(g.guest.run()))
+        runner.start()
+        _wait_until_halted(g)
+        g.guest.interrupt()
+        runner.join()
+        assert result == [(RunExit.INTERRUPTED, 0)] and g.guest.death is None and g.guest.vcpu.halted
+        g.guest.irq(6)               # the next run() finds the Guest still halted, and wakes it
+        assert g.run_to_end() == "CRASH: timer test done"
+        assert g.console[-1] == "irq while halted=0x00000006\n"
+    finally:
+        g.close()
+
+
+def test_irq_sync_point_once_per_injection_even_if_its_line_was_taken_meanwhile(native_build):
+    """pending_irqs() peeks without the lock; that must never skip the LHREQ_IRQ sync point."""
+    g = boot(native_build, "timer", "halt-for-irq=5")
+    try:
+        syncs = []
+        g.guest.memory.on_irq = lambda: syncs.append(1)
+        assert g.guest.pending_irqs() == 0 and syncs == []
+        g.guest.irq(3)
+        g.guest.take_irq(3)          # an earlier injection of line 3 was delivered in between
+        assert g.guest.pending_irqs() == 0 and syncs == [1]
+        assert g.guest.pending_irqs() == 0 and syncs == [1]
+        g.guest.irq(4)
+        assert g.guest.pending_irqs() == 1 << 4 and syncs == [1, 1]
+    finally:
+        g.close()
