@@ -9,10 +9,8 @@ non-allocated ELF section, `.cuse_lguest_build`, holding JSON (patch name, patch
 sdist hashes) to the libunicorn.so.2 it packs.  We read that section from the file
 the binding actually loaded, so a stray LIBUNICORN_PATH or a second copy on
 sys.path cannot fool the check, and the check needs no timing.  The wheel also
-carries the local version label `2.1.4+cuselguest.faststore.blockstop`, which is
-what `pip list` shows; the section is the authority.  Whether the build also has
-block-stop.patch is read from the library's symbols, where it is used
-(cpu/stopper.py).
+carries the local version label `2.1.4+cuselguest.faststore`, which is what
+`pip list` shows; the section is the authority.
 """
 from __future__ import annotations
 
@@ -45,7 +43,7 @@ class UnicornBuild:
         return bool(self.marker) and self.marker.get("patch") == PATCH_NAME
 
     def describe(self) -> str:
-        """One line for logs and benchmark tables, e.g. `2.1.4+cuselguest.faststore.blockstop (patch 0ed8ecbe)`."""
+        """One line for logs and benchmark tables, e.g. `2.1.4+cuselguest.faststore (patch bd0842cc)`."""
         if not self.patched:
             return f"{self.version} stock"
         return f"{self.marker.get('version', self.version)} (patch {self.marker.get('patch_sha256', '?')[:8]})"

@@ -4,13 +4,11 @@ Unicorn 2.1.4 checks for a pending stop after every guest load and store and
 then rewinds EIP to the start of the instruction, even when that instruction
 has already stored: a read-modify-write then runs twice.  So no thread other
 than the vCPU may call uc_emu_stop().  Instead, interrupt sources raise the
-flag in a small per-Guest struct, and the vCPU leaves emulation at the start of
-the next translated block, before any of its memory accesses:
-
-* on our Unicorn build, libunicorn reads the flag itself at every block start
-  (uc_set_block_stop_flag(), native/unicorn/block-stop.patch), at no cost;
-* on the stock wheel, lg_block_hook, a UC_HOOK_BLOCK callback, reads it and
-  calls uc_emu_stop() (about a fifth of guest compute goes to the hook call).
+flag in a small per-Guest struct, and lg_block_hook, a UC_HOOK_BLOCK callback
+that runs at the start of every translated block (before any of its memory
+accesses), calls uc_emu_stop() when it sees the flag.  About a fifth of guest
+compute goes to the hook call; a Unicorn patch that read the flag at block
+starts without a hook was reverted (docs/performance.md, guest_compute).
 
 Nothing but the vCPU clears the flag, and it does so *before* it looks at its
 pending work, so a request that arrives between that look and the next
@@ -27,7 +25,7 @@ ffibuilder = FFI()
 ffibuilder.cdef("""
     struct lg_stop {
         volatile int flag;      /* set by any thread: stop at the next block */
-        void *uc;               /* the uc_engine handle (block hook only) */
+        void *uc;               /* the uc_engine handle */
         int (*emu_stop)(void *uc);
     };
     void lg_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store,
-# block-stop), and print the wheel's path (the only thing on stdout; logs go to stderr).
+# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store),
+# and print the wheel's path (the only thing on stdout; logs go to stderr).
 #
 #   native/unicorn/build-wheel.sh               the wheel (built once, then cached)
 #   native/unicorn/build-wheel.sh --unit-tests  also build Unicorn's own test_x86 and
 #                                               test_ctl on the same patched tree and
 #                                               print the directory holding them
 #
-# Why: stock 2.1.4 sends every guest store of a 32-bit guest through its slow path,
-# and offers no safe way to stop a running CPU from another thread without a block
-# hook that costs ~20% of guest compute (docs/performance.md, native/unicorn/README.md).
+# Why: stock 2.1.4 sends every guest store of a 32-bit guest through its slow path
+# (docs/performance.md, native/unicorn/README.md).  A block-stop patch was tried and
+# reverted: Linux Guests crashed with it (docs/performance.md, guest_compute).
 # The sdist is pinned by version AND sha256, so the patches always land on the exact
 # bytes they were written and reviewed against.
 #
@@ -20,11 +20,11 @@ set -euo pipefail
 
 VERSION=2.1.4
 SDIST_SHA256=00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff
-LOCAL_LABEL=cuselguest.faststore.blockstop # wheel version: 2.1.4+cuselguest.faststore.blockstop
+LOCAL_LABEL=cuselguest.faststore           # wheel version: 2.1.4+cuselguest.faststore
 # The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
 # "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
-PATCHES=(fast-store block-stop)
+PATCHES=(fast-store)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on)
 # The marker section (non-allocated, so never loaded) that cuse_lguest/unicorn_build.py reads from the built library.
 NOTE_SECTION=.cuse_lguest_build

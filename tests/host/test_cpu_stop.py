@@ -5,9 +5,7 @@ first instruction is a read-modify-write.  A stop that lands after that
 instruction's store and rewinds EIP to it (what uc_emu_stop() from another
 thread does in Unicorn 2.1.4) runs it twice, and the two counters part.  A stop
 at a block boundary leaves EIP at the loop's start and the counters equal.
-Every test runs on both mechanisms: the default block hook and, where the
-loaded Unicorn has block-stop.patch, the flag it reads at block starts (opt-in
-only: see stopper.py for why it is not the default).
+The stop is the native block hook of cpu/stopper.py.
 """
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EIP
 
-from cuse_lguest.cpu.stopper import FLAG, HOOK, StopFlag, block_stop_available
+from cuse_lguest.cpu.stopper import HOOK, StopFlag
 
 LOOP = 0x1000
 COUNTER = 0x2000
@@ -42,16 +40,9 @@ def counters(uc: Uc) -> tuple[int, int]:
     return struct.unpack("<I", uc.mem_read(COUNTER, 4))[0], uc.reg_read(UC_X86_REG_ECX)
 
 
-@pytest.fixture(params=[False, True], ids=["block-hook", "block-stop-flag"])
-def use_flag(request: pytest.FixtureRequest) -> bool:
-    if request.param and not block_stop_available():
-        pytest.skip("the loaded Unicorn has no block-stop.patch")
-    return request.param
-
-
-def test_thousands_of_foreign_stops_never_rerun_an_instruction(use_flag: bool) -> None:
+def test_thousands_of_foreign_stops_never_rerun_an_instruction() -> None:
     uc = loop_machine()
-    stop = StopFlag(uc, use_flag=use_flag)
+    stop = StopFlag(uc)
     cond = threading.Condition()
     state = {"asked": 0, "handled": 0, "done": False, "lost": 0}
 
@@ -95,9 +86,9 @@ def test_thousands_of_foreign_stops_never_rerun_an_instruction(use_flag: bool) -
     assert counters(uc)[0] > 0
 
 
-def test_a_request_before_emu_start_stops_it_before_the_first_instruction(use_flag: bool) -> None:
+def test_a_request_before_emu_start_stops_it_before_the_first_instruction() -> None:
     uc = loop_machine()
-    stop = StopFlag(uc, use_flag=use_flag)
+    stop = StopFlag(uc)
     stop.request()
     for _ in range(2):                # Unicorn never clears the flag: every entry stops at once
         uc.emu_start(LOOP, NEVER)
@@ -139,12 +130,6 @@ def test_the_harness_catches_a_foreign_emu_stop() -> None:
     assert caught, "no double increment seen: the harness may no longer detect an unsafe stop"
 
 
-def test_the_block_hook_is_the_default_even_where_the_flag_exists() -> None:
-    """The flag path crashes Linux Guests (docs/performance.md, guest_compute): nothing may pick it silently."""
+def test_the_stop_is_the_block_hook() -> None:
+    """The block-stop flag was reverted (docs/performance.md, guest_compute): the hook is the only stop."""
     assert StopFlag(loop_machine()).kind == HOOK
-
-
-def test_the_flag_is_used_when_asked_for_on_a_patched_build() -> None:
-    if not block_stop_available():
-        pytest.skip("the loaded Unicorn is not built with block-stop.patch")
-    assert StopFlag(loop_machine(), use_flag=True).kind == FLAG
