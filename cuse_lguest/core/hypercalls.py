@@ -57,9 +57,21 @@ class Hypercalls:
         raise GuestFault("already have lguest_data")
 
     def _shutdown(self, msg_gpa: int, how: int, *_: int) -> None:
-        raw = self.v.memory.read_bytes(msg_gpa, abi.SHUTDOWN_MSG_LEN)[:abi.SHUTDOWN_MSG_LEN - 1]
+        """Power off or reboot.  A reboot stays a reboot even when the message is unreadable.
+
+        Linux's `reboot -f` passes __pa(NULL) as the message, which lies past
+        Guest memory.  The real host's read of it failed and killed the Guest
+        with "bad read address ...", and then the restart flag still turned
+        the death into ERESTART, so the launcher re-executed.  We do the same.
+        """
+        restart = how == abi.LGUEST_SHUTDOWN_RESTART
+        try:
+            raw = self.v.memory.read_bytes(msg_gpa, abi.SHUTDOWN_MSG_LEN)[:abi.SHUTDOWN_MSG_LEN - 1]
+        except GuestFault as fault:
+            self.v.shutdown(fault.reason, restart=restart)
+            return
         message = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        self.v.shutdown(f"CRASH: {message}", restart=how == abi.LGUEST_SHUTDOWN_RESTART)
+        self.v.shutdown(f"CRASH: {message}", restart=restart)
 
     def _new_pgtable(self, pgd_gpa: int, *_: int) -> None:
         self.v.machine.new_pgtable(pgd_gpa)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import psutil
 import pytest
 
+from cuse_lguest import abi
+
 from test_core_support import PFNLIMIT, boot, symbol
 
 LIMIT = PFNLIMIT * 4096
@@ -25,6 +27,7 @@ CASES = {
     "gdt-entry-32": "too many gdt entries 32",
     "bad-read": "bad read address 0xffffff00 len 24",
     "shutdown-past-end": f"bad read address {LIMIT - 0x10:#x} len 128",
+    "reboot-past-end": abi.ERESTART,   # the failed read kills, and the restart still makes it ERESTART
     "shutdown-at-end": "CRASH: ",      # the last 128 bytes are readable (3.18 rule), and zero
     "bad-write": "bad write address 0x7fffffec len 4",
     "bad-pde": "bad page directory entry",

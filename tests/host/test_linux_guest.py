@@ -185,10 +185,6 @@ def test_interactive_shell_on_hvc0(kernel, initrd):
     assert "MARK:42\n" in after and "virtio_console" in after
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: `reboot -f` makes the Guest call LHCALL_SHUTDOWN(__pa(NULL) = 0x40000000, RESTART); the real "
-    "host's __lgread fails and kills the Guest, but the RESTART flag then still sets dead = -ERESTART, so the "
-    "read returns ERESTART.  The core returns ENOENT with 'bad read address 0x40000000 len 128' instead."))
 def test_reboot_asks_the_launcher_to_restart(kernel, initrd, tmp_path):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
