@@ -12,9 +12,14 @@ Machine owns the Unicorn instance and hides its quirks from the core:
     resets it first thing; so does the ud2 hook.  enter() checks it only when
     emu_start ends in an error, the one way out that no hook may have seen.
   * `until` is a mapped, user-readable address in the switcher region.
-  * in/out never fault in Unicorn, so they get instruction hooks (`in` reads
-    all ones: nothing is there); cpuid is answered from cpuid.py's table;
-    ud2 arrives on the invalid-instruction hook.
+  * in/out: stock Unicorn skips the CPU's I/O permission check, so port I/O
+    never faults.  Our io-permission patch (native/unicorn/) restores it: at
+    CPL 1 or 3 with IOPL 0, in/out raise #GP(0) as on hardware, and the core
+    emulates them for the Guest kernel only, as lguest did.  The instruction
+    hooks below answer what still reaches them (on a stock wheel: everything,
+    at any CPL, which is the one place that build is not faithful).
+    cpuid is answered from cpuid.py's table; ud2 arrives on the
+    invalid-instruction hook.
 The core supplies the handlers; Machine only wires them.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store),
+# Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store, io-permission),
 # and print the wheel's path (the only thing on stdout; logs go to stderr).
 #
 #   native/unicorn/build-wheel.sh               the wheel (built once, then cached)
@@ -24,7 +24,7 @@ LOCAL_LABEL=cuselguest.faststore           # wheel version: 2.1.4+cuselguest.fas
 # The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
 # "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
-PATCHES=(fast-store)
+PATCHES=(fast-store io-permission)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on)
 # The marker section (non-allocated, so never loaded) that cuse_lguest/unicorn_build.py reads from the built library.
 NOTE_SECTION=.cuse_lguest_build

@@ -301,8 +301,5 @@ def test_user_mode_traps_reach_the_guest_kernel(user_faults):
     assert user_faults["fpu"] == user_faults["native-fpu"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: cpu.machine answers every `in` (all ones) and drops every `out` from its UC_HOOK_INSN hooks "
-    "whatever the CPL; the real host emulates I/O only at CPL 1, so user-mode `in` must be #GP(0) -> SIGSEGV"))
 def test_user_mode_in_is_a_general_protection_fault(user_faults):
     assert user_faults["in-port"] == f"got signal 11 code={SI_KERNEL}", user_faults["in-port"]

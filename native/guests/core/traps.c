@@ -53,6 +53,9 @@ static void user_main(void)
     PROBE("int $0x1f", 2);
     PROBE("int $0x40", 2);
     PROBE("cli", 1);
+    /* Port I/O is the kernel's (IOPL 0): from ring 3 it is #GP(0), never emulated. */
+    asm volatile("movl $2, %%edi\n inb $0x60, %%al" ::: "eax", "edi", "memory");
+    asm volatile("movl $2, %%edi\n outb %%al, $0x80" ::: "eax", "edi", "memory");
     syscall1(2, 0);
     for (;;)
         ;
