@@ -22,6 +22,15 @@ from . import cpio
 # treats a source that exists as a file as a loop image.
 ROOT_TAG = "hostroot"
 SCRATCH_TAG = "vmscratch"
+PROJECT_TAG = "vmproject"
+
+# Stage 1 mounts fresh tmpfs file systems here, over whatever the host has.
+TMPFS_DIRS = (pathlib.Path("/tmp"), pathlib.Path("/run"), pathlib.Path("/var/tmp"), pathlib.Path("/dev/shm"))
+
+
+def hidden_in_vm(path: pathlib.Path) -> bool:
+    """True if `path` lies under a directory the VM covers with a tmpfs (a checkout in /tmp, say)."""
+    return any(path == d or d in path.parents for d in TMPFS_DIRS)
 EXIT_UNREPORTED = 125
 
 _BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
@@ -50,6 +59,12 @@ if [ -s /job/scratch ]; then
     S=$(cat /job/scratch)
     mkdir -p "$R$S" 2>/dev/null  # a path under /tmp lies in the fresh tmpfs
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 {SCRATCH_TAG} "$R$S" || fail "cannot mount scratch at $S"
+fi
+if [ -s /job/project ]; then
+    # The checkout lies under one of the tmpfs mounts above: bring it back, read-only.
+    P=$(cat /job/project)
+    mkdir -p "$R$P" 2>/dev/null
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose {PROJECT_TAG} "$R$P" || fail "cannot mount the project at $P"
 fi
 mkdir -p $R/run/vm
 cp /stage2 /job/cmd $R/run/vm/
@@ -115,9 +130,11 @@ def base_image(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def job_archive(script: str, scratch: pathlib.Path | None) -> bytes:
-    """The per-run archive: the job script and where to mount the scratch share."""
+def job_archive(script: str, scratch: pathlib.Path | None, project: pathlib.Path | None) -> bytes:
+    """The per-run archive: the job script, and where to mount the scratch and project shares."""
     entries = [cpio.directory("job"), cpio.regular("job/cmd", script.encode(), 0o755)]
     if scratch is not None:
         entries.append(cpio.regular("job/scratch", str(scratch).encode()))
+    if project is not None:
+        entries.append(cpio.regular("job/project", str(project).encode()))
     return cpio.archive(entries)

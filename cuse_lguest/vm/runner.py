@@ -87,7 +87,16 @@ def qemu_command(boot: pathlib.Path, initrd: pathlib.Path, run_dir: pathlib.Path
     if opts.scratch is not None:
         cmd += ["-fsdev", f"local,id=scratch,path={opts.scratch},security_model=passthrough",
                 "-device", f"virtio-9p-pci,fsdev=scratch,mount_tag={initramfs.SCRATCH_TAG}"]
+    if _project_share() is not None:
+        cmd += ["-fsdev", f"local,id=project,path={job.PROJECT_ROOT},security_model=passthrough,"
+                          "readonly=on,multidevs=remap",
+                "-device", f"virtio-9p-pci,fsdev=project,mount_tag={initramfs.PROJECT_TAG}"]
     return cmd
+
+
+def _project_share() -> pathlib.Path | None:
+    """The checkout, when the VM's own tmpfs mounts would hide it (a CI clone under /tmp, say)."""
+    return job.PROJECT_ROOT if initramfs.hidden_in_vm(job.PROJECT_ROOT) else None
 
 
 def _pump(stream, lines: list[str], on_line: Callable[[str], None] | None) -> None:
@@ -117,7 +126,7 @@ def run(command: str, opts: VMOptions = VMOptions(),
     script = job.script(command, opts.modules, job.environment(opts.env), opts.cwd)
     (run_dir / "job.sh").write_text(script)
     initrd = run_dir / "initrd.cpio"
-    initrd.write_bytes(base.read_bytes() + initramfs.job_archive(script, opts.scratch))
+    initrd.write_bytes(base.read_bytes() + initramfs.job_archive(script, opts.scratch, _project_share()))
 
     lines: list[str] = []
     start = time.monotonic()
