@@ -2,7 +2,9 @@
 
 test_launcher_tinyguest.py covers hello, echo and blk; this file covers the
 rest of the scenario list in native/guests/tinyguest/README.md, each asserting
-the guest's own result line and the death reason the host gives.
+the guest's own result line and the death reason the host gives.  Each runs
+twice: with the launcher's RAM shared (the project launcher's default) and
+private (the historical launcher's layout, served by mirror mode).
 """
 from __future__ import annotations
 
@@ -17,21 +19,29 @@ from cuse_lguest.testing.transport import DeviceTransport
 
 
 @pytest.fixture(scope="module")
-def tinyguest(native_build):
+def guest_elf(native_build):
     from tests.conftest import needs_root
     needs_root()
     return native_build / "guests" / "tinyguest.elf"
 
 
-def run(kernel, *args: str, **kw):
-    result = Launcher(kernel, mem_mb=32, args=list(args), timeout=120, **kw).run(DeviceTransport(Device()))
+@pytest.fixture(params=[False, True], ids=["shared", "private"])
+def tinyguest(request, guest_elf):
+    """The guest, and whether the launcher keeps its RAM private (mirror mode)."""
+    return guest_elf, request.param
+
+
+def run(guest, *args: str, **kw):
+    kernel, private = guest
+    result = Launcher(kernel, mem_mb=32, args=list(args), timeout=120, private=private,
+                      **kw).run(DeviceTransport(Device()))
     assert result.error is None, f"{result.error}\n{result.console}"
     return result
 
 
-def passes(kernel, scenario: str, *args: str, **kw) -> str:
+def passes(guest, scenario: str, *args: str, **kw) -> str:
     """Run a scenario that must print its PASS line and power off normally; return the line."""
-    result = run(kernel, f"test={scenario}", *args, **kw)
+    result = run(guest, f"test={scenario}", *args, **kw)
     assert result.death == "CRASH: tinyguest: done", result.console
     lines = [ln for ln in result.console.splitlines() if ln.startswith(f"tinyguest: {scenario} PASS")]
     assert lines, result.console
