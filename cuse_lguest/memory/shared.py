@@ -8,14 +8,13 @@ pages, exactly as with the real /dev/lguest.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
-import mmap
 import os
 
 from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError
+from cuse_lguest.memory import hostmap
 from cuse_lguest.memory.guest_memory import GuestMemory
 from cuse_lguest.memory.launcher_maps import covering, parse_maps
 from cuse_lguest.memory.mirror import MirrorGuestMemory
@@ -23,13 +22,6 @@ from cuse_lguest.memory.mode import needs_mirror
 from cuse_lguest.memory.written import DeviceWrites
 
 log = logging.getLogger("cuse_lguest.memory")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FIXED = 0x10
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _refuse(pid: int, why: str) -> GuestSetupError:
@@ -61,9 +53,10 @@ class SharedGuestMemory(GuestMemory):
         if why:
             raise _refuse(pid, f"range {base:#x}-{base + size:#x}: {why}")
         # One contiguous host view: reserve the span, then put each piece's object over its part.
-        addr = _libc.mmap(None, size, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-        if addr in (None, _MAP_FAILED):
-            raise GuestSetupError(errno.ENOMEM, "cannot reserve host address space for guest memory")
+        try:
+            addr = hostmap.reserve(size)
+        except OSError:
+            raise GuestSetupError(errno.ENOMEM, "cannot reserve host address space for guest memory") from None
         try:
             for m in pieces:
                 lo, hi = max(m.start, base), min(m.end, base + size)
@@ -73,14 +66,13 @@ class SharedGuestMemory(GuestMemory):
                 except OSError as e:
                     raise _refuse(pid, f"cannot open {path} ({m.describe}): {e.strerror}") from None
                 try:
-                    got = _libc.mmap(addr + (lo - base), hi - lo, mmap.PROT_READ | mmap.PROT_WRITE,
-                                     mmap.MAP_SHARED | _MAP_FIXED, fd, m.offset + (lo - m.start))
+                    hostmap.map_shared_at(addr + (lo - base), hi - lo, fd, m.offset + (lo - m.start))
+                except OSError as e:
+                    raise _refuse(pid, f"cannot map {m.describe}: {e.strerror}") from None
                 finally:
                     os.close(fd)
-                if got != addr + (lo - base):
-                    raise _refuse(pid, f"cannot map {m.describe}: errno {ctypes.get_errno()}")
         except BaseException:
-            _libc.munmap(addr, size)
+            hostmap.unmap(addr, size)
             raise
         super().__init__(addr, pfnlimit)
         self._mapped = size
@@ -95,7 +87,7 @@ class SharedGuestMemory(GuestMemory):
     def close(self) -> None:
         if self._mapped:
             self._release_view()
-            _libc.munmap(self.host_address, self._mapped)
+            hostmap.unmap(self.host_address, self._mapped)
             self._mapped = 0
 
 

@@ -16,13 +16,8 @@ import os
 from elftools.elf.elffile import ELFFile
 
 from cuse_lguest import abi
+from cuse_lguest.memory import hostmap
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FIXED = 0x10
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class GuestRam:
@@ -41,16 +36,13 @@ class GuestRam:
         os.ftruncate(self._fd, self.size)
         # Reserve guard + RAM + guard with no access, then put the shared memfd over the middle.
         self._span = self.size + 2 * abi.PAGE_SIZE
-        self._reserve = _libc.mmap(None, self._span, 0,  # PROT_NONE
-                                   mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-        if self._reserve in (None, _MAP_FAILED):
-            raise OSError(ctypes.get_errno(), "cannot reserve guest address space")
+        self._reserve = hostmap.reserve(self._span)
         self.base = self._reserve + abi.PAGE_SIZE
-        got = _libc.mmap(self.base, self.size, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_SHARED | _MAP_FIXED, self._fd, 0)
-        if got != self.base:
-            _libc.munmap(self._reserve, self._span)
-            raise OSError(ctypes.get_errno(), "cannot place guest RAM over its reservation")
+        try:
+            hostmap.map_shared_at(self.base, self.size, self._fd, 0)
+        except OSError:
+            hostmap.unmap(self._reserve, self._span)
+            raise
         # A second, ordinary Python view of the same pages for loading and inspection.
         self.buf = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
@@ -63,7 +55,7 @@ class GuestRam:
         if self._fd < 0:
             return
         self.buf.close()
-        _libc.munmap(self._reserve, self._span)
+        hostmap.unmap(self._reserve, self._span)
         os.close(self._fd)
         self._fd = -1
 
