@@ -131,8 +131,10 @@ def powered_off(result) -> None:
 
 # --------------------------------------------------------------------------- tests
 
-def test_patched_guest_reaches_init_and_powers_off(kernel, initrd):
-    result = boot(kernel, initrd)
+@pytest.mark.parametrize("private", [False, True], ids=["shared", "private"])
+def test_patched_guest_reaches_init_and_powers_off(kernel, initrd, private):
+    """In shared RAM, and in the historical launcher's private RAM (mirror mode)."""
+    result = boot(kernel, initrd, private=private)
     console = text(result)
     assert "Linux version 3.18." in console
     assert "Booting paravirtualized kernel on lguest" in console
