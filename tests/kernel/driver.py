@@ -385,6 +385,7 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
             (f"private-hello-{bits}", guest_run(bits, "hello", ["--private"])),
             (f"private-echo-{bits}", guest_run(bits, "echo", ["--private"], stdin=ECHO_INPUT)),
             (f"private-blk-{bits}", guest_run(bits, "blk", ["--private"], block=True)),
+            (f"private-reboot-{bits}", guest_run(bits, "reboot", ["--private"], block=True)),
         ]
     out += [("errno", errno_conformance), ("non-root-open", non_root_open), ("udev", udev_rule)]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]

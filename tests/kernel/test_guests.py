@@ -54,8 +54,10 @@ def test_blk_against_a_scratch_file(scenario, bits):
 
 
 @BITS
-@pytest.mark.kernel_scenario("reboot-{bits}")
-def test_reboot_reexecutes_and_boots_again(scenario, bits):
+@pytest.mark.parametrize("memory", ["", "private-"], ids=["shared", "private"])
+@pytest.mark.kernel_scenario("{memory}reboot-{bits}")
+def test_reboot_reexecutes_and_boots_again(scenario, bits, memory):
+    """The re-executed launcher opens the device afresh; with --private, mirror mode starts over too."""
     out = scenario.facts["output"]
     assert "tinyguest: reboot first boot, restarting" in out, scenario.explain()
     assert out.count("tinyguest: boot test=reboot") == 2, scenario.explain()
