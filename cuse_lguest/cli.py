@@ -18,7 +18,11 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cuse-lguest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cuse-lguest",
+        description="/dev/lguest served from userspace: the Linux 3.x lguest host, as a CUSE character device "
+                    "with its Guests running on the Unicorn CPU emulator.",
+        epilog="Run `cuse-lguest COMMAND --help` for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (modname, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
