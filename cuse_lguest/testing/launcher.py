@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from cuse_lguest import abi
 from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam, load_kernel
@@ -67,7 +67,7 @@ class Launcher:
     def __init__(self, kernel: str | os.PathLike, *, mem_mb: int = 32, args: Iterable[str] = (),
                  devices: Iterable[Block | Rng] = (), initrd: str | os.PathLike | None = None,
                  console_input: Iterable[bytes | WaitFor] = (), timeout: float | None = 60.0,
-                 private: bool = False) -> None:
+                 private: bool = False, on_output: Callable[[bytes], None] | None = None) -> None:
         self.kernel = kernel
         self.private = private          # RAM as the historical launcher had it: the host must mirror it
         self.mem = mem_mb << 20
@@ -75,6 +75,7 @@ class Launcher:
         self.device_specs = list(devices)
         self.initrd = initrd
         self.console_input = console_input
+        self.on_output = on_output      # sees console bytes as they arrive, e.g. to timestamp markers
         self.timeout = timeout
         self._out = bytearray()
         self._out_cond = threading.Condition()
@@ -88,6 +89,8 @@ class Launcher:
         with self._out_cond:
             self._out += data
             self._out_cond.notify_all()
+        if self.on_output is not None:
+            self.on_output(data)
 
     def _wait_output(self, marker: bytes, stopping: threading.Event) -> None:
         with self._out_cond:
