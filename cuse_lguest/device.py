@@ -29,7 +29,8 @@ import logging
 import os
 import struct
 import threading
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 from cuse_lguest import abi, procs
 from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, RunExit
@@ -39,6 +40,28 @@ log = logging.getLogger("cuse_lguest.device")
 
 _WORD_FORMAT = {4: "<I", 8: "<Q"}
 _RELEASE_WAIT = 5.0  # seconds a release waits for an interrupted read to leave the Guest
+
+
+class NativeIrqLine(Protocol):
+    """A Guest's IRQ line as native code calls it: int inject(void *target, uint64_t irq)."""
+    inject: int     # the function's address; 0 = done as Guest.irq() would, else refused
+    target: int     # the address of the state it changes
+
+
+@dataclass(frozen=True)
+class IrqShortcut:
+    """What a transport may do without calling write(): LHREQ_IRQ on one file's live Guest.
+
+    A write of exactly two `word`-byte words, the first `request`, at offset
+    0, is what write() would answer with 0 after `line.inject(line.target,
+    irq)`, provided inject accepts it (it refuses an IRQ >= 32 and a dead
+    Guest, and then write() must answer).  `line` is the Guest's native IRQ
+    line (core/guest.py IrqLine), opaque here.  The transport must stop using
+    it before it calls release() for the file.
+    """
+    word: int
+    request: int
+    line: NativeIrqLine
 
 
 class _OpenFile:
@@ -98,6 +121,19 @@ class Device:
         if guest is not None:
             guest.destroy()
         f.eventfds.close()
+
+    def irq_shortcut(self, fh: int) -> IrqShortcut | None:
+        """The shortcut for `fh`'s LHREQ_IRQ writes, once it has a live Guest that offers one.
+
+        A Guest offers one through an `irq_line` attribute (the core's does;
+        a test double need not).
+        """
+        f = self._files.get(fh)
+        guest = f.guest if f is not None else None
+        line = getattr(guest, "irq_line", None)
+        if line is None or guest.death is not None:
+            return None
+        return IrqShortcut(word=f.word, request=abi.LHREQ_IRQ, line=line)
 
     def interrupt(self, fh: int) -> None:
         """End a read in progress on `fh` with EINTR (a fatal signal, or shutdown).

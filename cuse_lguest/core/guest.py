@@ -1,31 +1,39 @@
 """A Guest as the device layer sees it (contract.Guest), and its cross-thread state.
 
 The vCPU thread runs the Guest inside run().  Other threads only ever touch
-what is here: the pending-IRQ bitmap, the interrupt request and the death
-slot, all under one lock, plus the stop flag that makes a running vCPU look
-at them (see cpu/stopper.py) and a wake-up token that wakes a halted one.
-That is the whole concurrency story: LHREQ_IRQ, the timer and the device's
-interrupt() all reduce to "change state, then kick".
+what is here: the pending-IRQ word, the interrupt request and the death
+slot, plus the stop flag that makes a running vCPU look at them (see
+cpu/stopper.py) and an eventfd that wakes a halted one.  That is the whole
+concurrency story: LHREQ_IRQ, the timer and the device's interrupt() all
+reduce to "change state, then kick".
 
-The token is a bare lock used as a binary semaphore (locked = no wake-up
-posted) rather than a Condition: a kick posts it with two C calls, and the
-woken vCPU has no Condition bookkeeping to do before it looks at its
-pending work.  A halted Guest's IRQ latency is mostly that wake-up.
+The pending-IRQ word lives in native memory (IrqLine, struct lg_irqs in
+cpu/_native_build.py) because the CUSE transport answers the hot LHREQ_IRQ
+write in C, without the GIL: it calls lg_irq_inject on the line the device
+hands it.  Python changes the word with the same atomic helpers, so neither
+side needs the other's lock.  A halted vCPU sleeps in a read of the line's
+eventfd (the GIL released), which C can post as easily as Python; a post
+left over from a kick that came while the vCPU was running costs one extra
+look.  Kicks write the eventfd only while the vCPU says it sleeps, which
+spares the common case (a running or never-run Guest) a system call per
+IRQ.  A halted Guest's IRQ latency is mostly that wake-up.
 
 The vCPU looks at this state at every exit and almost always finds nothing,
-so it first peeks without the lock: reading an attribute is atomic under
-the GIL, and only changes need the lock.  A change that lands just after a
-peek came with a kick, and the kick makes the vCPU look again.
+so it peeks without the lock: the word is read in one load, and the other
+flags are attributes, atomic under the GIL.  A change that lands just after
+a peek came with a kick, and the kick makes the vCPU look again.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestParams, RunExit
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
+from cuse_lguest.cpu._native import ffi, lib
 from cuse_lguest.memory.shared import open_guest_memory
 
 log = logging.getLogger("cuse_lguest.core")
@@ -41,11 +49,7 @@ class LguestGuest:
     def __init__(self, params: GuestParams) -> None:
         self.name = params.name
         self._lock = threading.Lock()
-        self._wakeup = threading.Lock()
-        self._wakeup.acquire()          # nothing posted yet
         self._run_lock = threading.Lock()
-        self._pending = 0
-        self._from_launcher = False
         self._interrupt = False
         self._destroyed = False
         self._death: str | int | None = None
@@ -56,6 +60,9 @@ class LguestGuest:
         except BaseException:
             self.memory.close()
             raise
+        # The stop flag's native struct: StopFlag keeps it to itself, but a C
+        # raiser must set it too.
+        self.irq_line = IrqLine(self.vcpu.machine.stop._state)
         timers.attach()
 
     # ---- contract.Guest ---------------------------------------------------------
@@ -72,10 +79,8 @@ class LguestGuest:
     def irq(self, irq: int) -> None:
         if not 0 <= irq < abi.LGUEST_IRQS:
             raise ValueError(f"irq {irq} out of range")
-        with self._lock:
-            self._pending |= 1 << irq
-            self._from_launcher = True
-            self._kick()
+        with self._lock:                    # kicks never race close() (see destroy)
+            self.irq_line.raise_irqs(1 << irq, from_launcher=True)
 
     def interrupt(self) -> None:
         with self._lock:
@@ -88,20 +93,21 @@ class LguestGuest:
                 return
             self._destroyed = True
             self._interrupt = True
+            self.irq_line.retire()
             self._kick()
         timers.cancel(self)
         timers.cancel(self._retry)
         with self._run_lock:                 # wait for a running vCPU to come out
             self.vcpu.close()
             self.memory.close()
+        with self._lock:
+            self.irq_line.close()
         timers.detach(self)
 
     # ---- used by the vCPU thread ------------------------------------------------
     def _kick(self) -> None:
         """Caller holds the lock: wake a halted vCPU, stop a running one."""
-        if self._wakeup.locked():       # post the token once; kicks are serialised by the lock
-            self._wakeup.release()
-        self.vcpu.machine.stop.request()
+        self.irq_line.kick()
 
     def kill(self, reason: str) -> None:
         """The first reason wins; later ones are ignored (spec §1.5)."""
@@ -109,6 +115,7 @@ class LguestGuest:
             if self._death is not None:
                 return
             self._death = reason
+            self.irq_line.retire()
         timers.cancel(self)
         timers.cancel(self._retry)
         log.warning("guest %s died: %s", self.name, reason.rstrip("\n"))
@@ -120,17 +127,16 @@ class LguestGuest:
 
     def pending_irqs(self) -> int:
         """The pending bitmap; also performs the LHREQ_IRQ memory sync point once per injection."""
-        if not self._pending and not self._from_launcher:
-            return 0                      # the lock-free peek (module docstring)
-        with self._lock:
-            pending, launcher, self._from_launcher = self._pending, self._from_launcher, False
-        if launcher:
+        line = self.irq_line
+        pending = line.pending            # first: see the ordering in cpu/_native_build.py
+        if not pending and not line.from_launcher:
+            return 0                      # the peek (module docstring)
+        if line.take_launcher_mark():
             self.memory.on_irq()
         return pending
 
     def take_irq(self, irq: int) -> None:
-        with self._lock:
-            self._pending &= ~(1 << irq)
+        self.irq_line.take(1 << irq)
 
     def take_interrupt_request(self) -> bool:
         if not self._interrupt:
@@ -142,17 +148,18 @@ class LguestGuest:
     def sleep_while_halted(self, vcpu: VCpu) -> None:
         """HALT: sleep until an unblocked IRQ is pending or the device wants the vCPU back.
 
-        The state is checked under the lock and the token taken outside it.
-        A kick between the two leaves the token posted, so the acquire returns
-        at once and we look again; so does a token left over from a kick that
-        came while the vCPU was running, which costs one extra look.
+        Kicks post the eventfd only while the line says we sleep, and we say
+        so before we look; a change that lands between the look and the read
+        leaves a post behind, so the read returns at once and we look again.
         """
         blocked_at = vcpu.ld.gpa + abi.LGUEST_DATA_BLOCKED_INTERRUPTS
-        while True:
-            with self._lock:
-                if self._interrupt or self._pending & ~self.memory.read_u32(blocked_at):
-                    return
-            self._wakeup.acquire()
+        line = self.irq_line
+        line.sleeping(True)               # before the look: see cpu/_native_build.py
+        try:
+            while not (self._interrupt or line.pending & ~self.memory.read_u32(blocked_at)):
+                line.wait()
+        finally:
+            line.sleeping(False)
 
     def set_clockevent(self, delta_ns: int) -> None:
         if delta_ns == 0:
@@ -162,8 +169,7 @@ class LguestGuest:
 
     def _timer_fired(self) -> None:
         with self._lock:
-            self._pending |= 1
-            self._kick()
+            self.irq_line.raise_irqs(1)
 
     def retry_delivery_soon(self) -> None:
         """An IRQ is pending that the Guest cannot take yet: look again in a moment."""
@@ -173,6 +179,65 @@ class LguestGuest:
         with self._lock:
             if not self._destroyed:
                 self._kick()
+
+
+class IrqLine:
+    """A Guest's pending-IRQ word and wake-up eventfd in native memory (struct lg_irqs).
+
+    Opaque to the device, which hands it to its transport: `inject` is the
+    address of lg_irq_inject(target, irq), and `target` the address of the
+    state it changes.  A transport that calls it must stop before the file's
+    release destroys the Guest (close() then frees the eventfd).  Python's
+    own raises run under the Guest's lock, which close() also takes.
+    """
+
+    inject = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_irq_inject")))
+
+    def __init__(self, stop) -> None:
+        self._stop = stop                 # keeps the stop flag alive as long as the line
+        self._state = ffi.new("struct lg_irqs *")
+        self._state.stop = stop
+        self._state.alive = 1
+        self._state.wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.target = int(ffi.cast("uintptr_t", self._state))
+
+    @property
+    def pending(self) -> int:
+        return self._state.pending
+
+    @property
+    def from_launcher(self) -> bool:
+        return bool(self._state.from_launcher)
+
+    def raise_irqs(self, bits: int, *, from_launcher: bool = False) -> None:
+        lib.lg_irq_raise(self._state, bits, from_launcher)
+
+    def kick(self) -> None:
+        lib.lg_irq_kick(self._state)
+
+    def take(self, bits: int) -> None:
+        lib.lg_irq_take(self._state, bits)
+
+    def take_launcher_mark(self) -> bool:
+        """Was there an LHREQ_IRQ since the last call?  (Clears the mark.)"""
+        return bool(lib.lg_irq_take_launcher_mark(self._state))
+
+    def retire(self) -> None:
+        """The Guest died: from now on lg_irq_inject leaves every IRQ to Python."""
+        self._state.alive = 0
+
+    def sleeping(self, asleep: bool) -> None:
+        """vCPU thread: kicks write the eventfd only between sleeping(True) and sleeping(False)."""
+        lib.lg_irq_sleeping(self._state, asleep)
+
+    def wait(self) -> None:
+        """vCPU thread: sleep, without the GIL, until the next kick (or return for an old one)."""
+        os.eventfd_read(self._state.wake_fd)
+
+    def close(self) -> None:
+        fd, self._state.wake_fd = self._state.wake_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class _RetryTick:

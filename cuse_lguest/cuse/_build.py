@@ -20,6 +20,17 @@ Why a little C lives here instead of Python:
   eventfd.  Making the stop fd readable makes `cl_read` report ENODEV, which
   libfuse treats as "connection gone" and leaves its loop cleanly.  This works
   the same on /dev/cuse and on a test socketpair, without signals.
+* The hot LHREQ_IRQ write is answered in C (`cl_write`).  When the device
+  has registered a shortcut for a file (`cl_shortcut_add`: the file's word
+  size, the LHREQ_IRQ code and its Guest's native IRQ line, see
+  core/guest.py IrqLine), a write of exactly two such words at offset 0
+  whose first word is the code goes straight to the line's inject function.
+  It sets the pending bit and kicks the vCPU, and the request is answered 0,
+  what Device.write returns for it, without the GIL.  Whatever the line
+  refuses (an IRQ >= 32, a dead Guest) and every other write goes to Python
+  unchanged, so each errno stays the device's.  The table is read and changed
+  under one mutex, so once cl_shortcut_remove returns no worker still calls
+  into the line it named; the server removes a file's entry before releasing it.
 * ioctl is answered ENOTTY in C: the 3.x lguest device had no ioctl, and a
   character device without one answers ENOTTY.  poll stays unset, so libfuse
   answers ENOSYS and the kernel falls back to the default poll mask, which
@@ -65,9 +76,18 @@ struct cl_link {
     unsigned long dropped;
     unsigned long refused;
     void *handle;
+    unsigned long fast_irqs;
+    ...;
 };
 
+typedef int (*cl_irq_fn)(void *line, uint64_t irq);
+int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t request,
+                    cl_irq_fn inject, void *line);
+void cl_shortcut_remove(struct cl_link *l, uint64_t fh);
+void cl_shortcut_clear(struct cl_link *l);
+
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
+void cl_destroy(struct fuse_session *se, struct cl_link *link);
 int cl_attach(struct fuse_session *se, int fd);
 int cl_loop(struct fuse_session *se, unsigned max_threads);
 
@@ -102,9 +122,21 @@ SOURCE = r"""
 #include <cuse_lowlevel.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+
+/* One file whose LHREQ_IRQ writes C answers: see the module docstring. */
+typedef int (*cl_irq_fn)(void *line, uint64_t irq);
+struct cl_shortcut {
+    uint64_t fh;
+    unsigned word;          /* the file's word size: the write is 2 * word bytes */
+    uint64_t request;       /* the first word: LHREQ_IRQ                        */
+    cl_irq_fn inject;       /* 0: done; otherwise leave the write to Python     */
+    void *line;
+};
+#define CL_SHORTCUTS 64     /* files beyond this many simply take the Python path */
 
 /* What the session's userdata points at: shared by C and Python. */
 struct cl_link {
@@ -113,6 +145,10 @@ struct cl_link {
     unsigned long dropped;  /* messages too short to answer                   */
     unsigned long refused;  /* messages answered with an error by the guard    */
     void *handle;           /* the Python session object (cffi handle)         */
+    unsigned long fast_irqs;            /* LHREQ_IRQ writes answered in C      */
+    pthread_mutex_t shortcut_lock;
+    unsigned nshortcuts;
+    struct cl_shortcut shortcuts[CL_SHORTCUTS];
 };
 
 void cl_py_init_done(void *userdata);
@@ -253,6 +289,79 @@ static void cl_init(void *userdata, struct fuse_conn_info *conn)
     l->max_write = conn->max_write;
 }
 
+int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t request,
+                    cl_irq_fn inject, void *line)
+{
+    struct cl_shortcut s = { fh, word, request, inject, line };
+    int res = -1;
+
+    pthread_mutex_lock(&l->shortcut_lock);
+    if (l->nshortcuts < CL_SHORTCUTS) {
+        l->shortcuts[l->nshortcuts++] = s;
+        res = 0;
+    }
+    pthread_mutex_unlock(&l->shortcut_lock);
+    return res;
+}
+
+void cl_shortcut_remove(struct cl_link *l, uint64_t fh)
+{
+    pthread_mutex_lock(&l->shortcut_lock);
+    for (unsigned i = 0; i < l->nshortcuts; i++) {
+        if (l->shortcuts[i].fh == fh) {
+            l->shortcuts[i] = l->shortcuts[--l->nshortcuts];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&l->shortcut_lock);
+}
+
+void cl_shortcut_clear(struct cl_link *l)
+{
+    pthread_mutex_lock(&l->shortcut_lock);
+    l->nshortcuts = 0;
+    pthread_mutex_unlock(&l->shortcut_lock);
+}
+
+/* A launcher word: little-endian, `word` (4 or 8) bytes. */
+static uint64_t cl_word(const char *p, unsigned word)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < word; i++)
+        v |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    return v;
+}
+
+/* 1 if this write was a registered file's LHREQ_IRQ and its line took it. */
+static int cl_shortcut_irq(struct cl_link *l, uint64_t fh, const char *buf, size_t size)
+{
+    int done = 0;
+
+    pthread_mutex_lock(&l->shortcut_lock);
+    for (unsigned i = 0; i < l->nshortcuts; i++) {
+        const struct cl_shortcut *s = &l->shortcuts[i];
+        if (s->fh != fh)
+            continue;
+        if (size == 2 * (size_t)s->word && cl_word(buf, s->word) == s->request
+            && s->inject(s->line, cl_word(buf + s->word, s->word)) == 0) {
+            l->fast_irqs++;
+            done = 1;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&l->shortcut_lock);
+    return done;
+}
+
+static void cl_write(fuse_req_t req, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    if (off == 0 && cl_shortcut_irq(fuse_req_userdata(req), fi->fh, buf, size))
+        fuse_reply_write(req, 0);       /* LHREQ_IRQ's result, as Device.write gives it */
+    else
+        cl_py_write(req, buf, size, off, fi);
+}
+
 static void cl_ioctl(fuse_req_t req, int cmd, void *arg, struct fuse_file_info *fi,
                      unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz)
 {
@@ -265,7 +374,7 @@ static const struct cuse_lowlevel_ops cl_ops = {
     .init_done = cl_py_init_done,
     .open = cl_py_open,
     .read = cl_py_read,
-    .write = cl_py_write,
+    .write = cl_write,
     .release = cl_py_release,
     .ioctl = cl_ioctl,
 };
@@ -280,12 +389,21 @@ struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
     struct cuse_info ci;
     struct fuse_session *se;
 
+    pthread_mutex_init(&link->shortcut_lock, NULL);
     memset(&ci, 0, sizeof ci);
     ci.dev_info_argc = 1;
     ci.dev_info_argv = info;
     se = cuse_lowlevel_new(&args, &ci, &cl_ops, link);
     fuse_opt_free_args(&args);
+    if (!se)
+        pthread_mutex_destroy(&link->shortcut_lock);
     return se;
+}
+
+void cl_destroy(struct fuse_session *se, struct cl_link *link)
+{
+    fuse_session_destroy(se);
+    pthread_mutex_destroy(&link->shortcut_lock);
 }
 
 /* Attach `fd` (/dev/cuse, or one end of a socketpair) through our guarded io.

@@ -6,6 +6,10 @@ Routing (each request keeps the caller's thread id as `tid`):
              names the open file in every later request (RELEASE has pid 0).
 * WRITE   -> device.write() on the libfuse worker; writes are short (IRQ,
              EVENTFD, INITIALIZE) and must complete while a read is running.
+             Once a file's Guest exists, the device's irq_shortcut() is
+             registered with the session, and its LHREQ_IRQ writes are
+             answered in C without reaching us (see _build.py); RELEASE and
+             shutdown remove it before the Guest is destroyed.
 * READ    -> handed to the open file's runner thread (see runner.py), which
              calls device.read() and answers.  The FUSE offset is passed
              through as the vCPU index; the kernel always sends 0.
@@ -23,11 +27,15 @@ import errno
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from cuse_lguest.cuse import signals
 from cuse_lguest.cuse.binding import TransportUnavailable
 from cuse_lguest.cuse.runner import FileRunner, InFlight, answer
 from cuse_lguest.cuse.session import Request, Session
+
+if TYPE_CHECKING:
+    from cuse_lguest.device import IrqShortcut
 
 log = logging.getLogger("cuse_lguest.cuse")
 
@@ -66,6 +74,7 @@ class Server:
         self.registered = threading.Event()
         self._lock = threading.Lock()
         self._runners: dict[int, FileRunner] = {}
+        self._shortcuts: dict[int, IrqShortcut] = {}   # registered in C; kept alive here
         self._reads: dict[int, InFlight] = {}
         self._closing = False
         self._stopped = threading.Event()
@@ -101,6 +110,8 @@ class Server:
                 first = False
             else:
                 self._closing = first = True
+                self.session.clear_irq_shortcuts()
+                self._shortcuts.clear()
             reads = list(self._reads.values())
         if first:
             for read in reads:
@@ -164,7 +175,21 @@ class Server:
         if result < 0:
             req.reply_err(-result)
         else:
+            self._offer_shortcut(fh)      # first: the launcher's next write may already be an IRQ
             req.reply_write(result)
+
+    def _offer_shortcut(self, fh: int) -> None:
+        """After a successful write: if `fh` now has a live Guest, let C answer its LHREQ_IRQs."""
+        if fh in self._shortcuts:
+            return
+        shortcut = self.device.irq_shortcut(fh)
+        if shortcut is None:
+            return
+        with self._lock:          # release and shutdown remove entries under this lock
+            if fh in self._runners and not self._closing and fh not in self._shortcuts:
+                if self.session.add_irq_shortcut(fh, shortcut.word, shortcut.request,
+                                                 shortcut.line.inject, shortcut.line.target):
+                    self._shortcuts[fh] = shortcut
 
     def on_read(self, req: Request, tid: int, fh: int, offset: int, size: int) -> None:
         read = InFlight(req, tid, fh, offset, size)
@@ -183,6 +208,8 @@ class Server:
     def on_release(self, req: Request, fh: int) -> None:
         with self._lock:
             runner = self._runners.pop(fh, None)
+            if self._shortcuts.pop(fh, None) is not None:
+                self.session.remove_irq_shortcut(fh)
             reads = [r for r in self._reads.values() if r.fh == fh]
         for read in reads:
             self._cancel(read, "file released")

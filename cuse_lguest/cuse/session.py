@@ -139,6 +139,28 @@ class Session:
         """Messages too short to answer, dropped before libfuse saw them."""
         return self._link.dropped
 
+    @property
+    def fast_irqs(self) -> int:
+        """LHREQ_IRQ writes answered in C through a shortcut, never reaching the handler."""
+        return self._link.fast_irqs
+
+    def add_irq_shortcut(self, fh: int, word: int, request: int, inject: int, line: int) -> bool:
+        """Have C answer file `fh`'s LHREQ_IRQ writes through inject(line, irq) (see _build.py).
+
+        `inject` and `line` are addresses; the caller keeps what they point at
+        alive until remove_irq_shortcut(fh).  False if the table is full: the
+        file keeps the Python path.
+        """
+        return lib.cl_shortcut_add(self._link, fh, word, request, ffi.cast("cl_irq_fn", inject),
+                                   ffi.cast("void *", line)) == 0
+
+    def remove_irq_shortcut(self, fh: int) -> None:
+        """Once this returns, no worker is still using the shortcut's line."""
+        lib.cl_shortcut_remove(self._link, fh)
+
+    def clear_irq_shortcuts(self) -> None:
+        lib.cl_shortcut_clear(self._link)
+
     def attach(self, fd: int) -> None:
         if lib.cl_attach(self._se, fd) != 0:
             raise RuntimeError("fuse_session_custom_io failed")
@@ -167,7 +189,7 @@ class Session:
     def destroy(self) -> None:
         """Free the session and close its wire.  Only after stop() and every reply."""
         if self._se != ffi.NULL:
-            lib.fuse_session_destroy(self._se)
+            lib.cl_destroy(self._se, self._link)
             self._se = ffi.NULL
             os.close(self._link.stop_fd)
 

@@ -14,6 +14,8 @@ import logging
 import threading
 
 from cuse_lguest.core.contract import GuestParams, RunExit
+from cuse_lguest.core.guest import IrqLine
+from cuse_lguest.cpu._native import ffi
 
 EVENT_VALUE = 0x5E0      # the notify value tests wire to an eventfd
 NOTIFY_BASE = 0x1000     # run() returns NOTIFY_BASE + irq
@@ -61,5 +63,34 @@ class IrqNotifyGuest:
 def make_guest(params: GuestParams) -> IrqNotifyGuest:
     """The guest factory handed to Device(guest_factory=...)."""
     guest = IrqNotifyGuest(params)
+    made.append(guest)
+    return guest
+
+
+class NativeLineGuest(IrqNotifyGuest):
+    """The double, offering the core's real native IRQ line as LguestGuest does.
+
+    So the device registers the transport's C shortcut for it.  IRQs that
+    arrive through the shortcut land in `irq_line` (run() does not see them);
+    those that reach Python arrive through irq() as before.  die() is the
+    core's kill(): the death, and the line refusing from then on.
+    """
+
+    def __init__(self, params: GuestParams) -> None:
+        super().__init__(params)
+        self.irq_line = IrqLine(ffi.new("struct lg_stop *"))
+
+    def die(self, reason: str) -> None:
+        self.death = reason
+        self.irq_line.retire()
+
+    def destroy(self) -> None:
+        self.irq_line.retire()
+        self.irq_line.close()
+        super().destroy()
+
+
+def make_native_guest(params: GuestParams) -> NativeLineGuest:
+    guest = NativeLineGuest(params)
     made.append(guest)
     return guest

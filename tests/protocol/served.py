@@ -12,9 +12,9 @@ from cuse_peer import KernelPeer
 class Served:
     """A Server over a socketpair, its Device, and the peer playing the kernel."""
 
-    def __init__(self, **server_options) -> None:
+    def __init__(self, device: Device | None = None, **server_options) -> None:
         kernel_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.device = Device(cuse_guest_double.make_guest)
+        self.device = device if device is not None else Device(cuse_guest_double.make_guest)
         self.server = Server(self.device, **server_options)
         self.server.attach_fd(server_end.detach())   # the session owns and closes it
         self.server.start()

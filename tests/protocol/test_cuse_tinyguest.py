@@ -98,13 +98,13 @@ def cuse_transport():
     fields, devinfo = peer.cuse_init()
     assert b"DEVNAME=lguest\0" in devinfo
     transport = PeerTransport(peer)
-    yield transport, device
+    yield transport, device, server
     assert server.shutdown() == 0
     kernel_end.close()
 
 
 def test_hello_through_the_cuse_session(native_build, cuse_transport):
-    transport, device = cuse_transport
+    transport, device, _ = cuse_transport
     result = Launcher(native_build / "guests" / "tinyguest.elf", mem_mb=32, args=["test=hello"],
                       timeout=None).run(transport)
     assert result.error is None, result.error
@@ -115,7 +115,7 @@ def test_hello_through_the_cuse_session(native_build, cuse_transport):
 
 
 def test_blk_through_the_cuse_session(native_build, cuse_transport, tmp_path):
-    transport, _ = cuse_transport
+    transport, _, server = cuse_transport
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(1 << 20))
     result = Launcher(native_build / "guests" / "tinyguest.elf", mem_mb=32, args=["test=blk", "sectors=256"],
@@ -123,6 +123,7 @@ def test_blk_through_the_cuse_session(native_build, cuse_transport, tmp_path):
     assert result.error is None, result.error
     assert "tinyguest: blk PASS sectors=256 start=0" in result.console, result.console
     assert result.death == "CRASH: tinyguest: done"
+    assert server.session.fast_irqs > 0     # the launcher's LHREQ_IRQs were answered in C
     seed = 0x7A6B5C4D
     words = struct.unpack_from("<128I", disk.read_bytes(), 255 * 512)
     assert all(w == ((255 * 2654435761) ^ (i * 16777619) ^ seed) & 0xFFFFFFFF for i, w in enumerate(words))
