@@ -62,7 +62,7 @@ class LguestGuest:
             raise
         # The stop flag's native struct: StopFlag keeps it to itself, but a C
         # raiser must set it too.
-        self.irq_line = IrqLine(self.vcpu.machine.stop._state)
+        self.irq_line = IrqLine(self.vcpu.machine.stop.native)
         timers.attach()
 
     # ---- contract.Guest ---------------------------------------------------------

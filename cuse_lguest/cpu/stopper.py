@@ -59,6 +59,12 @@ class StopFlag:
         if err:
             raise RuntimeError(f"cannot install the vCPU stop hook (uc_hook_add error {err})")
 
+    @property
+    def native(self):
+        """The `struct lg_stop *` itself, for native code that must raise the flag without Python
+        (the IRQ line of core/guest.py, which the transport's C fast path writes to)."""
+        return self._state
+
     def request(self) -> None:
         """Any thread: make the vCPU leave emulation at its next block boundary."""
         self._state.flag = 1
