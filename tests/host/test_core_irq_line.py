@@ -12,7 +12,7 @@ import threading
 
 from cuse_lguest.core.contract import RunExit
 from cuse_lguest.cpu._native import ffi
-from test_core_support import boot
+from test_core_support import boot, wait_until_halted
 
 _INJECT = ffi.typeof("int (*)(void *, uint64_t)")
 
@@ -22,10 +22,6 @@ def _inject(guest, irq: int) -> int:
     return ffi.cast(_INJECT, line.inject)(ffi.cast("void *", line.target), irq)
 
 
-def _wait_until_halted(g) -> None:
-    while not g.guest.vcpu.halted:
-        threading.Event().wait(0.001)
-
 
 def test_native_inject_wakes_a_halted_guest_inside_emulation(native_build):
     g = boot(native_build, "timer", "halt-for-irq=5")
@@ -34,7 +30,7 @@ def test_native_inject_wakes_a_halted_guest_inside_emulation(native_build):
         result = []
         runner = threading.Thread(target=lambda: result.append(g.guest.run()))
         runner.start()
-        _wait_until_halted(g)
+        wait_until_halted(g)
         assert _inject(g.guest, 5) == 0
         runner.join()
         assert result[0][0] is RunExit.NOTIFY and g.string_at(result[0][1]) == "irq while halted=0x00000005\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
@@ -72,3 +73,9 @@ def boot(build: pathlib.Path, name: str, cmdline: str = "", claim=None) -> Boote
     guest = create_guest(GuestParams(pid=os.getpid(), base=ram.base, pfnlimit=PFNLIMIT,
                                      start=entry, claim_notify=claim_notify))
     return Booted(ram, guest, elf, claimed)
+
+
+def wait_until_halted(g: "Booted") -> None:
+    """Until the vCPU sleeps in HALT (no timing involved: it is waited for, however long it takes)."""
+    while not g.guest.vcpu.halted:
+        threading.Event().wait(0.001)

@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from cuse_lguest.core.contract import RunExit
-from test_core_support import boot
+from test_core_support import boot, wait_until_halted
 
 
 @pytest.mark.parametrize("hz", [100, 1000])
@@ -59,11 +59,6 @@ def test_guest_killed_with_armed_timer_leaves_no_thread(native_build):
     assert {t.id for t in psutil.Process().threads()} <= before
 
 
-def _wait_until_halted(g) -> None:
-    """Until the vCPU sleeps in HALT (no timing involved: it is waited for, however long it takes)."""
-    while not g.guest.vcpu.halted:
-        threading.Event().wait(0.001)
-
 
 def test_halted_guest_takes_its_irq_without_leaving_emulation(native_build):
     g = boot(native_build, "timer", "halt-for-irq=5")
@@ -75,7 +70,7 @@ def test_halted_guest_takes_its_irq_without_leaving_emulation(native_build):
         machine.enter = lambda: enters.append(1) or enter()
         runner = threading.Thread(target=lambda: result.append(g.guest.run()))
         runner.start()
-        _wait_until_halted(g)
+        wait_until_halted(g)
         g.guest.irq(5)
         runner.join()
         # One emu_start for the whole run: HALT slept inside the hook and the IRQ was delivered there.
@@ -93,7 +88,7 @@ def test_interrupt_returns_from_a_halted_guest_which_then_still_takes_its_irq(na
         result = []
         runner = threading.Thread(target=lambda: result.append(g.guest.run()))
         runner.start()
-        _wait_until_halted(g)
+        wait_until_halted(g)
         g.guest.interrupt()
         runner.join()
         assert result == [(RunExit.INTERRUPTED, 0)] and g.guest.death is None and g.guest.vcpu.halted
