@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     server.start()
     log = logging.getLogger("cuse_lguest.serve")
     log.info("serving /dev/%s (pid %d)", args.name, os.getpid())
+    # Guests still run on a stock Unicorn, only slower: say so once, plainly.
+    from cuse_lguest import unicorn_build
+    unicorn_build.warn_if_stock(log)
     while not server.finished.is_set():
         sig = signal.sigtimedwait(_STOP_SIGNALS, 0.25)
         if sig is not None:

@@ -48,12 +48,12 @@ def test_serve_refuses_a_bad_name_with_one_line():
 class RunningServe:
     """The real entry point over a socketpair, with the guest test double."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict | None = None) -> None:
         kernel_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             SERVE + ["--socket-fd", str(server_end.fileno()),
                      "--guest-factory", "cuse_guest_double:make_guest"],
-            env=ENV, pass_fds=[server_end.fileno()], stderr=subprocess.PIPE, text=True)
+            env=env or ENV, pass_fds=[server_end.fileno()], stderr=subprocess.PIPE, text=True)
         server_end.close()
         self.peer = KernelPeer(kernel_end)
         _, self.devinfo = self.peer.cuse_init()
@@ -89,3 +89,30 @@ def test_the_peer_closing_makes_serve_exit_0():
     s.peer.sock.close()
     rc, err = s.finish()
     assert rc == 0, err
+
+
+STOCK_LIBRARY = pathlib.Path("/var/cache/cuse-lguest/bench/stock-unicorn-2.1.4/site/unicorn/lib")
+
+
+def _serve_log(env: dict) -> str:
+    s = RunningServe(env)
+    s.peer.sock.close()
+    rc, err = s.finish()
+    assert rc == 0, err
+    return err
+
+
+def test_serve_says_nothing_about_unicorn_on_our_build():
+    from cuse_lguest import unicorn_build
+    if not unicorn_build.is_patched():
+        pytest.skip("the installed Unicorn is the stock wheel")
+    assert "stock build" not in _serve_log(ENV)
+
+
+@pytest.mark.skipif(not (STOCK_LIBRARY / "libunicorn.so.2").exists(),
+                    reason="the stock Unicorn library is fetched by `python -m benchmarks --only stores`")
+def test_serve_warns_once_on_a_stock_unicorn():
+    """The service still works on the stock wheel, and its log says once what that costs and how to fix it."""
+    err = _serve_log(dict(ENV, LIBUNICORN_PATH=str(STOCK_LIBRARY)))
+    assert err.count("is the stock build") == 1, err
+    assert "10x slower" in err and "bootstrap" in err
