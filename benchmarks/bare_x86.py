@@ -15,15 +15,12 @@ import struct
 import sys
 import time
 
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
-from unicorn.x86_const import (
-    UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_ECX, UC_X86_REG_ES, UC_X86_REG_ESP, UC_X86_REG_FS,
-    UC_X86_REG_GDTR, UC_X86_REG_GS, UC_X86_REG_SS)
+from unicorn.x86_const import UC_X86_REG_ECX
 
 from cuse_lguest import unicorn_build
+from cuse_lguest.testing.flatx86 import machine
 
-RAM = 16 << 20
-GDT, CODE, DATA = 0x1000, 0x200000, 0x100000
+CODE, DATA = 0x200000, 0x100000
 
 _D = struct.pack("<I", DATA)
 _STEP = b"\x83\xc3\x04" + b"\x81\xe3\xff\xff\x00\x00"   # add $4, %ebx; and $0xffff, %ebx
@@ -34,23 +31,6 @@ LOOPS = {
     "mixed": (b"\x8b\x83" + _D + b"\x83\xc0\x01"        # mov DATA(%ebx), %eax; add $1, %eax
               + b"\x89\x83" + _D + _STEP, 7),           # mov %eax, DATA(%ebx)
 }
-
-
-def _segment(access: int) -> bytes:
-    return struct.pack("<Q", 0xFFFF | (access << 40) | (0xF << 48) | (0xC << 52))
-
-
-def machine() -> Uc:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, RAM, UC_PROT_ALL)
-    gdt = bytes(8) + _segment(0x9B) + _segment(0x93)
-    uc.mem_write(GDT, gdt)
-    uc.reg_write(UC_X86_REG_GDTR, (0, GDT, len(gdt) - 1, 0))
-    uc.reg_write(UC_X86_REG_CS, 0x08)
-    for reg in (UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_SS, UC_X86_REG_FS, UC_X86_REG_GS):
-        uc.reg_write(reg, 0x10)
-    uc.reg_write(UC_X86_REG_ESP, 0x90000)
-    return uc
 
 
 def mips(loop: str, iterations: int) -> float:

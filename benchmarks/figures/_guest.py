@@ -16,10 +16,11 @@ from typing import Callable
 
 from elftools.elf.elffile import ELFFile
 from unicorn import UC_HOOK_INTR
+from unicorn.x86_const import UC_X86_REG_ESP
 
-from benchmarks import bare_x86
 from cuse_lguest import abi
 from cuse_lguest.device import Device
+from cuse_lguest.testing import flatx86
 from cuse_lguest.testing.guestram import GuestRam, load_elf
 from cuse_lguest.testing.transport import DeviceTransport
 
@@ -101,7 +102,7 @@ class BareBench:
     RETURN = 0x8000                          # where emu_start stops: a called function returned
 
     def __init__(self, elf: pathlib.Path) -> None:
-        self.uc = bare_x86.machine()
+        self.uc = flatx86.machine()
         with open(elf, "rb") as f:
             for seg in ELFFile(f).iter_segments():
                 if seg["p_type"] == "PT_LOAD":
@@ -116,7 +117,7 @@ class BareBench:
         (address,) = symbols(self.elf, function)
         esp = 0x90000 - 8
         self.uc.mem_write(esp, struct.pack("<II", self.RETURN, n))
-        self.uc.reg_write(bare_x86.UC_X86_REG_ESP, esp)
+        self.uc.reg_write(UC_X86_REG_ESP, esp)
         start = time.perf_counter()
         self.uc.emu_start(address, self.RETURN)
         return time.perf_counter() - start

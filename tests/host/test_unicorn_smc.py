@@ -20,14 +20,14 @@ import struct
 import pytest
 
 unicorn = pytest.importorskip("unicorn")
-from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc  # noqa: E402
+from unicorn import Uc  # noqa: E402
 from unicorn.x86_const import (  # noqa: E402
-    UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EAX, UC_X86_REG_EDI,
-    UC_X86_REG_EDX, UC_X86_REG_ES, UC_X86_REG_ESI, UC_X86_REG_ESP, UC_X86_REG_FS, UC_X86_REG_GDTR,
-    UC_X86_REG_GS, UC_X86_REG_SS)
+    UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_EAX, UC_X86_REG_EDI, UC_X86_REG_EDX, UC_X86_REG_ESI)
 
-RAM = 16 << 20
-GDT, PGD, PAGE_TABLES = 0x1000, 0x2000, 0x10000
+from cuse_lguest.testing import flatx86  # noqa: E402
+from cuse_lguest.testing.flatx86 import RAM  # noqa: E402
+
+PGD, PAGE_TABLES = 0x2000, 0x10000
 CODE = 0x200000          # the test's driver code
 FN = 0x300000            # the code being rewritten (guest-physical and identity-mapped)
 ALIAS = 0xC0000000       # with paging on, VA ALIAS+x maps the same physical page as VA x
@@ -52,25 +52,12 @@ NOP = b"\x90"
 FUNCTION_RETURNING_1 = mov_imm_eax(1) + RET
 
 
-def segment(access: int) -> bytes:
-    """A flat 4 GiB 32-bit segment descriptor."""
-    return struct.pack("<Q", 0xFFFF | (access << 40) | (0xF << 48) | (0xC << 52))
-
-
 def machine(paging: bool) -> Uc:
-    """A flat ring-0 machine with all RAM read-write-execute, like a lguest guest's.
+    """The flat ring-0 machine with all RAM read-write-execute, like a lguest guest's.
 
     With paging: non-PAE 4 KiB pages mapping VA x and VA ALIAS+x to physical x.
     """
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
-    uc.mem_map(0, RAM, UC_PROT_ALL)
-    gdt = bytes(8) + segment(0x9B) + segment(0x93)
-    uc.mem_write(GDT, gdt)
-    uc.reg_write(UC_X86_REG_GDTR, (0, GDT, len(gdt) - 1, 0))
-    uc.reg_write(UC_X86_REG_CS, 0x08)
-    for reg in (UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_SS, UC_X86_REG_FS, UC_X86_REG_GS):
-        uc.reg_write(reg, 0x10)
-    uc.reg_write(UC_X86_REG_ESP, 0x90000)
+    uc = flatx86.machine()
     if paging:
         tables = RAM >> 22
         uc.mem_write(PAGE_TABLES, b"".join(u32((frame << 12) | 7) for frame in range(tables * 1024)))
