@@ -24,10 +24,10 @@ from cuse_lguest.device import Device
 from cuse_lguest.memory.mirror import MirrorGuestMemory
 from cuse_lguest.testing.launcher import Block, Launcher, WaitFor
 from cuse_lguest.testing.transport import DeviceTransport
+from cuse_lguest.testing import blkpattern
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = ROOT / "native" / "build"
-SEED = 0x7A6B5C4D
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,7 @@ def test_blk_writes_reads_and_flushes_the_backing_file(tinyguest, tmp_path):
     assert "tinyguest: blk PASS sectors=64 start=0" in result.console and "flush=ok capacity=2048" in result.console
     data = disk.read_bytes()
     for s in (0, 17, 63):
-        words = struct.unpack_from("<128I", data, s * 512)
-        assert all(w == ((s * 2654435761) ^ (i * 16777619) ^ SEED) & 0xFFFFFFFF for i, w in enumerate(words))
+        assert data[s * 512:(s + 1) * 512] == blkpattern.sector(s)
     assert data[64 * 512:] == b"\xAB" * ((1 << 20) - 64 * 512)
 
 
@@ -118,8 +117,7 @@ def test_32_mib_written_and_read_back_intact(tinyguest, tmp_path):
     written = data[8 * 512:8 * 512 + (32 << 20)]
     assert f"tinyguest: blk PASS sectors=65536 start=8 crc={zlib.crc32(written):08x}" in result.console
     for s in (8, 4096, 65543):
-        words = struct.unpack_from("<128I", data, s * 512)
-        assert all(w == ((s * 2654435761) ^ (i * 16777619) ^ SEED) & 0xFFFFFFFF for i, w in enumerate(words))
+        assert data[s * 512:(s + 1) * 512] == blkpattern.sector(s)
     assert data[:8 * 512] == bytes(8 * 512) and data[8 * 512 + (32 << 20):] == bytes(size - 8 * 512 - (32 << 20))
     counts = memory.counters()
     assert counts["pushed_bytes"] >= 32 << 20 and counts["pulled_bytes"] >= 32 << 20

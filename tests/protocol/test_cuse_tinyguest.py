@@ -9,10 +9,8 @@ through the peer cannot be interrupted the way the in-process one can.
 """
 from __future__ import annotations
 
-import os
 import select
 import socket
-import struct
 import threading
 
 import pytest
@@ -21,6 +19,7 @@ from cuse_lguest.cuse.server import Server
 from cuse_lguest.device import Device
 from cuse_lguest.testing.launcher import Block, Launcher
 from cuse_lguest.testing.transport import WORD
+from cuse_lguest.testing import blkpattern
 from cuse_peer import OUT_HEADER, READ, READ_IN, WRITE, WRITE_IN, WRITE_OUT, KernelPeer
 
 
@@ -124,6 +123,4 @@ def test_blk_through_the_cuse_session(native_build, cuse_transport, tmp_path):
     assert "tinyguest: blk PASS sectors=256 start=0" in result.console, result.console
     assert result.death == "CRASH: tinyguest: done"
     assert server.session.fast_irqs > 0     # the launcher's LHREQ_IRQs were answered in C
-    seed = 0x7A6B5C4D
-    words = struct.unpack_from("<128I", disk.read_bytes(), 255 * 512)
-    assert all(w == ((255 * 2654435761) ^ (i * 16777619) ^ seed) & 0xFFFFFFFF for i, w in enumerate(words))
+    assert disk.read_bytes()[255 * 512:256 * 512] == blkpattern.sector(255)
