@@ -30,7 +30,7 @@ from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INS
                      UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc, UcError)
 from unicorn.x86_const import (UC_X86_INS_CPUID, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_CR0,
                                UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EAX,
-                               UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX, UC_X86_REG_EFLAGS,
+                               UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX,
                                UC_X86_REG_EIP, UC_X86_REG_ES, UC_X86_REG_ESP, UC_X86_REG_GDTR,
                                UC_X86_REG_SS)
 

@@ -72,7 +72,7 @@ umount /proc /sys /dev
 exec switch_root $R /bin/sh /run/vm/stage2
 """
 
-STAGE2 = f"""# Stage 2: PID 1 is the host's /bin/sh on the shared root.
+STAGE2 = """# Stage 2: PID 1 is the host's /bin/sh on the shared root.
 exec 3>/dev/ttyS1
 stty -F /dev/ttyS1 -opost
 echo "vm-stage2: job starts at uptime $(cut -d' ' -f1 /proc/uptime)" >/dev/ttyS0

@@ -13,7 +13,6 @@ import struct
 import threading
 import time
 
-import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EIP
 
