@@ -421,6 +421,11 @@ int cl_loop(struct fuse_session *se, unsigned max_threads)
     if (!cfg)
         return -ENOMEM;
     fuse_loop_cfg_set_max_threads(cfg, max_threads);
+    /* libfuse 3.14 never retires an idle worker by default, so one burst of
+     * overlapping requests (a killed launcher's helpers releasing and its read
+     * being interrupted, all at once) would grow the pool for the life of the
+     * service.  Keep one idle worker; the others end when the burst is over. */
+    fuse_loop_cfg_set_idle_threads(cfg, 1);
     res = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
     return res;

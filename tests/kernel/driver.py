@@ -203,6 +203,24 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def _quiet_counts(server: Server, still_for: float = 1.0) -> dict[str, int]:
+    """The server's thread and fd counts once they have not moved for `still_for` seconds.
+
+    libfuse starts workers for overlapping requests and retires all but one
+    when they are idle, and a freshly started service is still finishing its
+    own start-up: a baseline taken in the middle of either would not be the
+    idle state a finished scenario must return to.
+    """
+    start = time.monotonic()
+    counts, since = server.counts(), time.monotonic()
+    while time.monotonic() - since < still_for and time.monotonic() - start < SETTLE_TIMEOUT:
+        time.sleep(0.1)
+        now = server.counts()
+        if now != counts:
+            counts, since = now, time.monotonic()
+    return counts
+
+
 def _settle(server: Server, baseline: dict[str, int]) -> dict:
     """Wait until the server's thread and fd counts are back at `baseline`."""
     start = time.monotonic()
@@ -239,7 +257,7 @@ def signal_mid_run(bits: str, sig: int) -> Callable[[Server], dict]:
     """Send `sig` to a launcher whose guest is busy computing (its read is held)."""
     def scenario(server: Server) -> dict:
         server.ensure()
-        baseline = server.counts()
+        baseline = _quiet_counts(server)
         launch = Launch(bits, SPIN_FOREVER)
         running = launch.wait_output(SPIN_READY, 60)
         time.sleep(0.5)
