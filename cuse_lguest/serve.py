@@ -24,11 +24,18 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cuse_lguest.cpu import engine
+    default_tb = engine.DEFAULT_TRANSLATION_BUFFER // engine.MIB
     parser.add_argument("--name", default="lguest",
                         help="device name: the node is /dev/NAME (default: lguest)")
     parser.add_argument("--eintr-on-signal", action="store_true",
                         help="end a running guest's read() with EINTR for caught signals too "
                              "(default: only for signals that will kill the launcher)")
+    parser.add_argument("--translation-buffer", type=int, metavar="MIB",
+                        default=default_tb,
+                        help="translated-code buffer of each guest's CPU, in MiB (default: "
+                             f"{default_tb}; Unicorn's own 1024 cannot be reserved on "
+                             "a 512 MiB machine)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     # Test hooks, hidden: serve over a socketpair end whose peer plays the
     # kernel, with a guest factory named MODULE:ATTRIBUTE.
@@ -62,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         from cuse_lguest.cuse.server import Server, open_cuse
     except TransportUnavailable as e:
         return _fail(str(e))
+    from cuse_lguest.cpu import engine
+    try:
+        engine.set_translation_buffer(args.translation_buffer * engine.MIB)
+    except ValueError as e:
+        return _fail(f"--translation-buffer: {e}.")
     if args.socket_fd is None:
         if os.geteuid() != 0:
             return _fail("it must run as root, because /dev/cuse is only open to root.")

@@ -22,11 +22,13 @@ import ctypes
 import struct
 import threading
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc)
+from unicorn import UC_HOOK_INTR, UC_PROT_ALL, Uc
 from unicorn.x86_const import (UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_DR0,
                                UC_X86_REG_DR1, UC_X86_REG_DR2, UC_X86_REG_DR3, UC_X86_REG_DS,
                                UC_X86_REG_EAX, UC_X86_REG_ECX, UC_X86_REG_EIP, UC_X86_REG_GDTR,
                                UC_X86_REG_SS)
+
+from cuse_lguest.cpu import engine
 
 # Fixed part of CPUX86State: regs[16] (8 bytes each), eip, eflags, cc_*, then:
 OFF_EIP = 128
@@ -95,7 +97,7 @@ def _flat(dpl: int, code: bool) -> int:
 
 def _check(layout: Layout) -> None:
     """Verify every offset we rely on against observable behaviour of a scratch CPU."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = engine.new_x86(scratch=True)
     try:
         uc.mem_map(0, 0x10000, UC_PROT_ALL)
         gdt = b"".join(struct.pack("<Q", d) for d in (0, _flat(0, True), _flat(0, False)))
@@ -153,7 +155,7 @@ def layout() -> Layout:
     global _layout
     with _layout_lock:
         if _layout is None:
-            scratch = Uc(UC_ARCH_X86, UC_MODE_32)
+            scratch = engine.new_x86(scratch=True)
             try:
                 found = _locate(scratch)
             finally:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc
+from unicorn import UC_HOOK_INTR, UC_PROT_ALL
 from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX
+
+from cuse_lguest.cpu import engine
 
 MAX_BASIC_LEAF = 5
 LEAF1_ECX_MASK = 0x00002201
@@ -27,7 +29,7 @@ _lock = threading.Lock()
 
 
 def _probe() -> dict[tuple[int, int], tuple[int, int, int, int]]:
-    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc = engine.new_x86(scratch=True)
     try:
         uc.mem_map(0, 0x1000, UC_PROT_ALL)
         uc.mem_write(0, b"\x0f\xa2\xcd\x20")          # cpuid; int $0x20

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from unicorn import (UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INSN,
-                     UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_MODE_32, UC_PROT_ALL, Uc, UcError)
+from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
+                     UC_HOOK_INTR, UC_PROT_ALL, Uc, UcError)
 from unicorn.x86_const import (UC_X86_INS_CPUID, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_CR0,
                                UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EAX,
                                UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX,
@@ -35,7 +35,7 @@ from unicorn.x86_const import (UC_X86_INS_CPUID, UC_X86_INS_IN, UC_X86_INS_OUT, 
                                UC_X86_REG_SS)
 
 from cuse_lguest import abi
-from cuse_lguest.cpu import cpuid
+from cuse_lguest.cpu import cpuid, engine
 from cuse_lguest.cpu.context import SEG_CS, SEG_SS, SavedContext
 from cuse_lguest.cpu.gdt import HostGdt, cache_of
 from cuse_lguest.cpu.paging import PageDirectoryMirror
@@ -54,7 +54,7 @@ class Machine:
     """The CPU of one Guest.  Used only from that Guest's vCPU thread, except `stop`."""
 
     def __init__(self, memory: GuestMemory, start: int) -> None:
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc = uc = engine.new_x86()
         try:
             self.ctx = SavedContext(uc)      # refuses to run on an unverified Unicorn
             self.memory = memory
