@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from cuse_lguest import abi, procs
-from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, RunExit
+from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, MemorySource, RunExit
 from cuse_lguest.eventfds import EventfdTable
+from cuse_lguest.memory.handles import acquire
 
 log = logging.getLogger("cuse_lguest.device")
 
@@ -82,11 +83,15 @@ class Device:
     """Every open file of one `/dev/lguest` node, keyed by file handle."""
 
     def __init__(self, guest_factory: GuestFactory | None = None, *,
-                 caller_word_size: Callable[[int], int | None] = procs.word_size_of) -> None:
+                 caller_word_size: Callable[[int], int | None] = procs.word_size_of,
+                 memory: MemorySource = acquire) -> None:
+        """`memory` takes the launcher's memory handles at INITIALIZE (a double that never
+        touches guest memory passes testing.nomemory.no_memory)."""
         if guest_factory is None:
             from cuse_lguest.core import create_guest
             guest_factory = create_guest
         self._factory = guest_factory
+        self._memory = memory
         self._caller_word_size = caller_word_size
         self._files: dict[int, _OpenFile] = {}
         self._fh = itertools.count(1)
@@ -214,19 +219,35 @@ class Device:
                             len(data), procs.describe(pid), word)
                 return -errno.EINVAL
             _, base, pfnlimit, start = struct.unpack("<4" + _WORD_FORMAT[word][1], data)
-            params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
-                                 claim_notify=f.eventfds.claim, name=procs.describe(pid))
+            name = procs.describe(pid)
             try:
-                guest = self._factory(params)
+                handles = self._memory(pid, base, pfnlimit)
+            except GuestSetupError as e:
+                log.warning("INITIALIZE from %s refused: %s", name, e)
+                return -e.errno
+            params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
+                                 claim_notify=f.eventfds.claim, memory=handles, name=name)
+            try:
+                guest = self._build(params)
             except GuestSetupError as e:
                 log.warning("INITIALIZE from %s refused: %s", params.name, e)
                 return -e.errno
-            except MemoryError:
-                return -errno.ENOMEM
             f.guest, f.word, f.owner_tid = guest, word, tid
             log.info("guest created for %s: base %#x, %d pages, start %#x, %d-bit launcher",
                      params.name, base, pfnlimit, start, 8 * word)
             return 3 * word
+
+    def _build(self, params: GuestParams):
+        """The factory's Guest, which owns the memory handles from then on; until then we do."""
+        try:
+            try:
+                return self._factory(params)
+            except MemoryError:
+                raise GuestSetupError(errno.ENOMEM, "out of memory building the guest") from None
+        except BaseException:
+            if params.memory is not None:
+                params.memory.close()
+            raise
 
     def _irq(self, f: _OpenFile, irq: int) -> int:
         if irq >= abi.LGUEST_IRQS:

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a 512 MiB machine)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     # Test hooks, hidden: serve over a socketpair end whose peer plays the
-    # kernel, with a guest factory named MODULE:ATTRIBUTE.
+    # kernel, with a guest factory named MODULE:ATTRIBUTE (and that module's
+    # acquire_memory, if it has one, in place of handles.acquire).
     parser.add_argument("--socket-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--guest-factory", help=argparse.SUPPRESS)
 
@@ -57,8 +58,11 @@ def _make_device(factory_spec: str | None):
     from cuse_lguest.device import Device
     if factory_spec is None:
         return Device()
-    module, _, attr = factory_spec.partition(":")
-    return Device(getattr(importlib.import_module(module), attr))
+    module_name, _, attr = factory_spec.partition(":")
+    module = importlib.import_module(module_name)
+    # A double that never touches guest memory brings its own memory source too.
+    memory = getattr(module, "acquire_memory", None)
+    return Device(getattr(module, attr), **({"memory": memory} if memory else {}))
 
 
 def run(args: argparse.Namespace) -> int:

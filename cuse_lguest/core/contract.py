@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from cuse_lguest.memory.handles import MemoryHandles
 
 
 class RunExit(enum.Enum):
@@ -29,18 +32,23 @@ class GuestSetupError(Exception):
 
 @dataclass(frozen=True)
 class GuestParams:
-    """The three INITIALIZE words plus who sent them.
+    """The three INITIALIZE words plus who sent them, and the launcher's memory.
 
-    `pid` is the launcher's thread-group id: `base` is an address in that
-    process.  `claim_notify(value)` is the eventfd table's lookup: it signals
-    the first eventfd registered for `value` and returns True, or returns
-    False so that run() hands the value back to the launcher.
+    `memory` is the only way to the launcher's guest RAM: the handles taken
+    while INITIALIZE blocked (memory/handles.py), owned by the Guest once it
+    is built (None only for doubles that never touch memory).  `pid` (the
+    launcher's thread-group id, in whose address space `base` lies) and
+    `name` are for logs; nothing may reach the launcher through the pid.
+    `claim_notify(value)` is the eventfd table's lookup: it signals the first
+    eventfd registered for `value` and returns True, or returns False so that
+    run() hands the value back to the launcher.
     """
     pid: int
     base: int
     pfnlimit: int
     start: int
     claim_notify: Callable[[int], bool]
+    memory: MemoryHandles | None
     name: str = "guest"
 
 
@@ -65,3 +73,5 @@ class Guest(Protocol):
 
 
 GuestFactory = Callable[[GuestParams], Guest]
+# acquire(pid, base, pfnlimit, caller=(uid, gid) or None): the handles for a GuestParams.
+MemorySource = Callable[..., "MemoryHandles | None"]

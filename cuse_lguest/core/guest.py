@@ -25,12 +25,13 @@ a peek came with a kick, and the kick makes the vCPU look again.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 
 from cuse_lguest import abi
-from cuse_lguest.core.contract import GuestParams, RunExit
+from cuse_lguest.core.contract import GuestParams, GuestSetupError, RunExit
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
 from cuse_lguest.cpu._native import ffi, lib
@@ -54,15 +55,22 @@ class LguestGuest:
         self._destroyed = False
         self._death: str | int | None = None
         self._retry = _RetryTick()      # the timer key for delayed re-delivery
-        self.memory = open_guest_memory(params.pid, params.base, params.pfnlimit)
+        self.memory = open_guest_memory(params.memory)
+        # Whatever fails from here (Unicorn, an eventfd when the service is
+        # out of fds) must give back what was already built, above all the
+        # guest RAM mapping.
         try:
             self.vcpu = VCpu(self, params, self.memory)
+            try:
+                # The stop flag's native struct: StopFlag keeps it to itself,
+                # but a C raiser must set it too.
+                self.irq_line = IrqLine(self.vcpu.machine.stop.native)
+            except BaseException:
+                self.vcpu.close()
+                raise
         except BaseException:
             self.memory.close()
             raise
-        # The stop flag's native struct: StopFlag keeps it to itself, but a C
-        # raiser must set it too.
-        self.irq_line = IrqLine(self.vcpu.machine.stop.native)
         timers.attach()
 
     # ---- contract.Guest ---------------------------------------------------------
@@ -245,5 +253,14 @@ class _RetryTick:
 
 
 def create_guest(params: GuestParams) -> LguestGuest:
-    """contract.GuestFactory: build a Guest for one INITIALIZE (raises GuestSetupError)."""
-    return LguestGuest(params)
+    """contract.GuestFactory: build a Guest for one INITIALIZE (raises GuestSetupError).
+
+    Running out of memory or of file descriptors while building it is the
+    seed's allocation failure, ENOMEM.
+    """
+    try:
+        return LguestGuest(params)
+    except OSError as e:
+        if e.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+            raise GuestSetupError(errno.ENOMEM, f"cannot build the guest: {e.strerror}") from None
+        raise

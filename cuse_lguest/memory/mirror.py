@@ -3,8 +3,9 @@
 The historical launcher maps guest RAM MAP_PRIVATE from /dev/zero and maps
 the kernel privately on top (spec §2.2), so no other process can map those
 pages.  Unicorn therefore runs the Guest on a local copy, and we copy bytes
-between the two with process_vm_readv/writev (remote.py) exactly where the
-lguest and virtio protocols promise an ordering.  Between those points each
+between the two through the handle on the launcher's address space taken at
+INITIALIZE (remote.py, handles.py) exactly where the lguest and virtio
+protocols promise an ordering.  Between those points each
 side works on its own copy, and that is fine because neither looks at what
 the other is writing until the protocol says so:
 
@@ -51,6 +52,7 @@ from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.devpage import DevicePageTwin, device_page_gpa
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.guest_memory import GuestMemory
+from cuse_lguest.memory.handles import MemoryHandles, setup_error
 from cuse_lguest.memory.remote import LauncherMemory, Piece
 from cuse_lguest.memory.rings import RingMirror
 from cuse_lguest.virtio import VringError
@@ -78,29 +80,34 @@ class SyncCounts:
 
 
 class MirrorGuestMemory(GuestMemory):
-    """A local copy of [base, base + pfnlimit*4096) in process `pid`, kept coherent at the sync points."""
+    """A local copy of the launcher's [base, base + pfnlimit*4096), kept coherent at the sync points."""
 
-    def __init__(self, pid: int, base: int, pfnlimit: int) -> None:
-        if pfnlimit <= 0 or pfnlimit > (1 << 20):
-            raise GuestSetupError(errno.EFAULT, f"pfnlimit {pfnlimit} is not a usable page count")
-        if base % abi.PAGE_SIZE:
-            raise GuestSetupError(errno.EFAULT, f"base {base:#x} is not page aligned")
-        size = pfnlimit * abi.PAGE_SIZE
-        self._local = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(self._local))
-        self.remote = LauncherMemory(pid, base, size)
+    def __init__(self, handles: MemoryHandles) -> None:
+        """Pull the whole range once; the handles are ours from here (closed at close() or on failure)."""
+        pid, size = handles.pid, handles.limit
         try:
-            self.remote.pull([(0, address, size)])
-        except GuestFault as fault:
-            self._local.close()
-            log.error("guest memory of pid %d cannot be mirrored: %s", pid, fault.reason)
-            raise GuestSetupError(errno.EFAULT, f"guest memory cannot be read: {fault.reason}") from None
-        super().__init__(address, pfnlimit)
+            try:
+                self._local = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            except OSError as e:
+                raise setup_error(e, f"cannot allocate a {size >> 20} MiB mirror of guest memory") from None
+            address = ctypes.addressof(ctypes.c_char.from_buffer(self._local))
+            self.remote = LauncherMemory(handles.mem_fd, handles.base, size, pid)
+            try:
+                self.remote.pull([(0, address, size)])
+            except GuestFault as fault:
+                self._local.close()
+                log.error("guest memory of pid %d cannot be mirrored: %s", pid, fault.reason)
+                raise GuestSetupError(errno.EFAULT, f"guest memory cannot be read: {fault.reason}") from None
+        except BaseException:
+            handles.close()
+            raise
+        self._handles = handles
+        super().__init__(address, handles.pfnlimit)
         self.syncs = SyncCounts()
         self.devpage = self._find_device_page()
         self.rings: dict[tuple[int, int], RingMirror] = {}
         self._rescan()
-        log.info("guest memory of pid %d mirrored: %d pages, device page %s", pid, pfnlimit,
+        log.info("guest memory of pid %d mirrored: %d pages, device page %s", pid, handles.pfnlimit,
                  f"{self.devpage.gpa:#x}" if self.devpage else "none")
 
     def counters(self) -> dict[str, int]:
@@ -223,3 +230,4 @@ class MirrorGuestMemory(GuestMemory):
         if not self._local.closed:
             self._release_view()
             self._local.close()
+            self._handles.close()

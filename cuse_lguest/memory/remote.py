@@ -1,21 +1,24 @@
-"""The launcher's own copy of guest RAM, reached with process_vm_readv/writev.
+"""The launcher's own copy of guest RAM, reached through a handle on its address space.
 
 Mirror mode cannot map the launcher's pages (they are MAP_PRIVATE), so it
-copies between them and its local copy.  process_vm_readv(2) and
-process_vm_writev(2) do that in one system call for a whole list of pieces,
-straight between the two address spaces and at memcpy speed (about 4 GiB/s
-measured).  They work on any mapping the launcher can touch: private
-/dev/zero, privately mapped kernel files, or a shared memfd.  The launcher's
-device helpers are clone(CLONE_VM) children that share its address space, so
-copying to or from the launcher's pid reaches them too.
+copies between them and its local copy.  It does so through an open file of
+/proc/<tgid>/mem taken at INITIALIZE (memory/handles.py), with pread(2) and
+pwrite(2) at the launcher's addresses.  That file is bound to the address
+space the launcher had when it was opened: after the launcher exits or
+execs, every transfer through it fails, so the service can never reach
+another program's memory through a reused pid or a setuid exec, which a
+bare pid and process_vm_readv/writev (what this module used before) could.
+The launcher's device helpers are clone(CLONE_VM) children that share its
+address space, so the same file reaches them too.
 
-A piece list is copied in order, and the kernel copies each piece front to
+A piece list is copied in order, and the kernel copies each call front to
 back.  Callers rely on that to publish a ring the way the other side expects:
-buffers first, descriptors next, the index last.
+buffers first, descriptors next, the index last.  Pieces that follow each
+other on both sides travel in one call.
 
-Any failure (the launcher exited, unmapped its RAM, or is a zombie) means the
-Guest's memory is gone: that is a GuestFault, so the core kills the Guest
-with a reason instead of the service crashing.
+Any failure (the launcher exited, exec'd, unmapped its RAM, or is a zombie)
+means the Guest's memory is gone: that is a GuestFault, so the core kills the
+Guest with a reason instead of the service crashing.
 """
 from __future__ import annotations
 
@@ -27,18 +30,10 @@ from typing import Iterator, Sequence
 from cuse_lguest.memory.errors import GuestFault
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-for _fn in (_libc.process_vm_readv, _libc.process_vm_writev):
+for _fn in (_libc.pread64, _libc.pwrite64):
     _fn.restype = ctypes.c_ssize_t
-    _fn.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
-                    ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
+    _fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 
-_IOV_MAX = 1024                  # per call, for each side (UIO_MAXIOV)
 _MAX_CALL = 1 << 30              # bytes per call: the kernel caps one call at about 2 GiB
 
 # (gpa, local host address, length): one contiguous run, the same length on both sides.
@@ -50,14 +45,19 @@ class TransferStats:
     """What crossed between the address spaces: cheap counters for benchmarks."""
     pulled_bytes: int = 0
     pushed_bytes: int = 0
-    pull_calls: int = 0          # process_vm_readv system calls
-    push_calls: int = 0          # process_vm_writev system calls
+    pull_calls: int = 0          # pread system calls
+    push_calls: int = 0          # pwrite system calls
 
 
 class LauncherMemory:
-    """[base, base + limit) in process `pid`, indexed by guest-physical address."""
+    """[base, base + limit) of the address space behind `mem_fd`, indexed by guest-physical address.
 
-    def __init__(self, pid: int, base: int, limit: int) -> None:
+    `mem_fd` is an open /proc/<tgid>/mem; it stays owned by the caller.
+    `pid` only names the launcher in reasons and logs.
+    """
+
+    def __init__(self, mem_fd: int, base: int, limit: int, pid: int) -> None:
+        self.fd = mem_fd
         self.pid = pid
         self.base = base
         self.limit = limit
@@ -65,47 +65,53 @@ class LauncherMemory:
 
     def pull(self, pieces: Sequence[Piece]) -> None:
         """Copy each piece from the launcher into our memory, in order."""
-        moved, calls = self._transfer(_libc.process_vm_readv, pieces)
+        moved, calls = self._transfer(_libc.pread64, pieces)
         self.stats.pulled_bytes += moved
         self.stats.pull_calls += calls
 
     def push(self, pieces: Sequence[Piece]) -> None:
         """Copy each piece from our memory into the launcher, in order."""
-        moved, calls = self._transfer(_libc.process_vm_writev, pieces)
+        moved, calls = self._transfer(_libc.pwrite64, pieces)
         self.stats.pushed_bytes += moved
         self.stats.push_calls += calls
 
     def _transfer(self, fn, pieces: Sequence[Piece]) -> tuple[int, int]:
         moved = calls = 0
-        for batch in _batches(pieces):
-            local = (_Iovec * len(batch))(*[_Iovec(addr, n) for _, addr, n in batch])
-            remote = (_Iovec * len(batch))(*[_Iovec(self.base + gpa, n) for gpa, _, n in batch])
-            want = sum(n for _, _, n in batch)
-            got = fn(self.pid, local, len(batch), remote, len(batch), 0)
+        fd, base = self.fd, self.base
+        for gpa, addr, n in _runs(pieces):
+            got = fn(fd, addr, n, base + gpa)
             calls += 1
             if got < 0:
                 err = ctypes.get_errno()
                 raise GuestFault(f"launcher memory gone: {os.strerror(err)} (pid {self.pid})")
-            if got != want:
-                # A partial copy stops at the first page the launcher no longer has.
-                raise GuestFault(f"launcher memory gone: only {got} of {want} bytes could be copied "
+            if got != n:
+                # A short copy stops at the first page the launcher no longer has;
+                # none at all means its address space is gone (exit or exec).
+                raise GuestFault(f"launcher memory gone: only {got} of {n} bytes could be copied "
                                  f"(pid {self.pid})")
             moved += got
         return moved, calls
 
 
-def _batches(pieces: Sequence[Piece]) -> Iterator[list[Piece]]:
-    """Pieces in order, grouped so that no call has too many iovecs or moves more than the kernel allows."""
-    batch: list[Piece] = []
-    size = 0
-    for gpa, addr, n in pieces:
-        while n > 0:
-            step = min(n, _MAX_CALL - size)
-            batch.append((gpa, addr, step))
-            size += step
-            gpa, addr, n = gpa + step, addr + step, n - step
-            if size == _MAX_CALL or len(batch) == _IOV_MAX:
-                yield batch
-                batch, size = [], 0
-    if batch:
-        yield batch
+def _runs(pieces: Sequence[Piece]) -> Iterator[Piece]:
+    """Pieces in order, joining neighbours that are contiguous on both sides, at most _MAX_CALL each."""
+    run: Piece | None = None
+    for piece in pieces:
+        if piece[2] <= 0:
+            continue
+        if run is not None and run[0] + run[2] == piece[0] and run[1] + run[2] == piece[1]:
+            run = (run[0], run[1], run[2] + piece[2])
+            continue
+        if run is not None:
+            yield from _split(run)
+        run = piece
+    if run is not None:
+        yield from _split(run)
+
+
+def _split(piece: Piece) -> Iterator[Piece]:
+    gpa, addr, n = piece
+    while n > _MAX_CALL:
+        yield gpa, addr, _MAX_CALL
+        gpa, addr, n = gpa + _MAX_CALL, addr + _MAX_CALL, n - _MAX_CALL
+    yield gpa, addr, n

@@ -14,6 +14,7 @@ from elftools.elf.elffile import ELFFile
 from cuse_lguest import abi
 from cuse_lguest.core import create_guest
 from cuse_lguest.core.contract import GuestParams, RunExit
+from cuse_lguest.memory.handles import acquire
 from cuse_lguest.testing.guestram import GuestRam, load_elf
 
 MEM = 8 << 20
@@ -70,8 +71,9 @@ def boot(build: pathlib.Path, name: str, cmdline: str = "", claim=None) -> Boote
             claimed.append(value)
             return True
         return False
+    memory = acquire(os.getpid(), ram.base, PFNLIMIT)
     guest = create_guest(GuestParams(pid=os.getpid(), base=ram.base, pfnlimit=PFNLIMIT,
-                                     start=entry, claim_notify=claim_notify))
+                                     start=entry, claim_notify=claim_notify, memory=memory))
     return Booted(ram, guest, elf, claimed)
 
 

@@ -13,6 +13,7 @@ import struct
 from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EIP
 
 from cuse_lguest.cpu.machine import Machine
+from cuse_lguest.memory.handles import acquire
 from cuse_lguest.memory.shared import SharedGuestMemory
 from cuse_lguest.testing.guestram import GuestRam
 
@@ -37,7 +38,7 @@ def test_drop_code_under_paging_reaches_the_physical_page():
                                    + bytes([0xCD, 0x1F])                        # int $0x1f: booted
                                    + bytes([0xE8]) + struct.pack("<i", rel)     # call CODE_VA
                                    + bytes([0xCD, 0x1F]))                       # int $0x1f: back to us
-        memory = SharedGuestMemory(os.getpid(), ram.base, (4 << 20) // 4096)
+        memory = SharedGuestMemory(acquire(os.getpid(), ram.base, (4 << 20) // 4096))
         machine = Machine(memory, CALLER)
         try:
             machine.install_hooks(lambda vector: machine.uc.emu_stop(), lambda: False)

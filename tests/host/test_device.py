@@ -21,6 +21,7 @@ from hypothesis import given, settings, strategies as st
 from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError, RunExit
 from cuse_lguest.device import Device
+from cuse_lguest.testing.nomemory import no_memory
 
 TID = threading.get_native_id()
 
@@ -71,7 +72,7 @@ class Harness:
             self.guests.append(g)
             return g
 
-        self.dev = Device(factory, caller_word_size=lambda pid: word)
+        self.dev = Device(factory, caller_word_size=lambda pid: word, memory=no_memory)
         self.fh = self.dev.open()
 
     def words(self, *ws):
@@ -140,7 +141,7 @@ def test_initialize_on_dead_guest_is_ebusy():
 def test_setup_error_errno_is_returned():
     def refuse(params):
         raise GuestSetupError(errno.EFAULT, "guest RAM is a private mapping")
-    dev = Device(refuse, caller_word_size=lambda pid: 8)
+    dev = Device(refuse, caller_word_size=lambda pid: 8, memory=no_memory)
     fh = dev.open()
     assert dev.write(TID, fh, 0, struct.pack("<4Q", 0, 1, 2, 3)) == -errno.EFAULT
     # Nothing was attached: the file is still fresh.
@@ -392,14 +393,14 @@ def test_random_word_requests_never_raise(reqs):
 def test_allocation_failure_is_enomem():
     def exhausted(params):
         raise MemoryError
-    dev = Device(exhausted, caller_word_size=lambda pid: 4)
+    dev = Device(exhausted, caller_word_size=lambda pid: 4, memory=no_memory)
     fh = dev.open()
     assert dev.write(TID, fh, 0, struct.pack("<4I", 0, 1, 2, 3)) == -errno.ENOMEM
 
 
 def test_default_word_size_comes_from_the_callers_elf_class():
     """No injected probe: this 64-bit Python must be refused a 16-byte INITIALIZE."""
-    dev = Device(lambda params: ScriptedGuest(params))
+    dev = Device(lambda params: ScriptedGuest(params), memory=no_memory)
     fh = dev.open()
     assert dev.write(TID, fh, 0, struct.pack("<4I", 0, 1, 2, 3)) == -errno.EFAULT
     assert dev.write(TID, fh, 0, struct.pack("<4Q", 0, 1, 2, 3)) == 24

@@ -11,13 +11,14 @@ import pytest
 
 from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.errors import GuestFault
-from cuse_lguest.memory.shared import SharedGuestMemory, open_guest_memory
+from cuse_lguest.memory.handles import MIRROR, acquire
+from cuse_lguest.memory.shared import open_guest_memory
 from cuse_lguest.testing.guestram import GuestRam
 
 
 def test_same_pages_both_ways_and_bounds():
     with GuestRam(1 << 20) as ram:
-        mem = open_guest_memory(os.getpid(), ram.base, 16)
+        mem = open_guest_memory(acquire(os.getpid(), ram.base, 16))
         try:
             mem.write_u32(0x1000, 0xDEADBEEF)
             assert ram.buf[0x1000:0x1004] == b"\xef\xbe\xad\xde"
@@ -32,15 +33,15 @@ def test_same_pages_both_ways_and_bounds():
             mem.close()
 
 
-def test_shared_mode_refuses_private_memory_with_one_log_line(caplog):
-    """Shared mode itself never runs on a copy; open_guest_memory picks mirror mode instead."""
+def test_private_memory_is_never_shared_and_says_why_in_one_line(caplog):
+    """Shared mode never runs on a copy: private RAM is mirrored instead, and the log says why."""
     private = mmap.mmap(-1, 1 << 16, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     base = ctypes.addressof(ctypes.c_char.from_buffer(private))
     try:
-        with caplog.at_level(logging.ERROR, logger="cuse_lguest.memory"):
-            with pytest.raises(GuestSetupError) as err:
-                SharedGuestMemory(os.getpid(), base, 16)
-        assert err.value.errno == errno.EFAULT
+        with caplog.at_level(logging.INFO, logger="cuse_lguest.memory"):
+            handles = acquire(os.getpid(), base, 16)
+        handles.close()
+        assert handles.mode == MIRROR
         assert len(caplog.records) == 1 and "MAP_PRIVATE" in caplog.records[0].getMessage()
     finally:
         private.close()

@@ -5,6 +5,7 @@ import os
 import struct
 
 from cuse_lguest import abi
+from cuse_lguest.memory.handles import acquire
 from cuse_lguest.memory.shared import SharedGuestMemory
 from cuse_lguest.testing.guestram import GuestRam
 from cuse_lguest.virtio import VqConfig, build_record
@@ -40,7 +41,7 @@ def test_on_irq_reports_the_writable_buffers_of_newly_used_chains():
     needs_root()
     with GuestRam(MEM, device_pages=8) as ram:
         lay_out(ram)
-        mem = SharedGuestMemory(os.getpid(), ram.base, (MEM >> 12) + 8)
+        mem = SharedGuestMemory(acquire(os.getpid(), ram.base, (MEM >> 12) + 8))
         seen = []
         mem.code_changed = lambda gpa, length: seen.append((gpa, length))
         try:

@@ -16,11 +16,13 @@ import threading
 from cuse_lguest.core.contract import GuestParams, RunExit
 from cuse_lguest.core.guest import IrqLine
 from cuse_lguest.cpu._native import ffi
+from cuse_lguest.testing.nomemory import no_memory
 
 EVENT_VALUE = 0x5E0      # the notify value tests wire to an eventfd
 NOTIFY_BASE = 0x1000     # run() returns NOTIFY_BASE + irq
 
 log = logging.getLogger("cuse_guest_double")
+acquire_memory = no_memory   # the double maps nothing: `serve --guest-factory` takes no handles
 made: list["IrqNotifyGuest"] = []
 
 

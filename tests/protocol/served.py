@@ -14,7 +14,8 @@ class Served:
 
     def __init__(self, device: Device | None = None, **server_options) -> None:
         kernel_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.device = device if device is not None else Device(cuse_guest_double.make_guest)
+        self.device = device if device is not None else Device(cuse_guest_double.make_guest,
+                                                                memory=cuse_guest_double.acquire_memory)
         self.server = Server(self.device, **server_options)
         self.server.attach_fd(server_end.detach())   # the session owns and closes it
         self.server.start()

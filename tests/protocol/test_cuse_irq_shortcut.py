@@ -23,7 +23,8 @@ class Shortcut:
     """A served Device with NativeLineGuests, an initialized file `fh`, and counted device writes."""
 
     def __init__(self, serve, word: int = 8) -> None:
-        self.device = Device(cuse_guest_double.make_native_guest, caller_word_size=lambda pid: word)
+        self.device = Device(cuse_guest_double.make_native_guest, caller_word_size=lambda pid: word,
+                             memory=cuse_guest_double.acquire_memory)
         self.s = serve(device=self.device)
         self.fh = self.s.peer.open()
         init = words(0, 0x7F000000, 256, 0x100000, size=word)   # the double maps nothing
@@ -97,7 +98,7 @@ def test_an_unknown_or_released_file_gets_ebadf(serve):
 
 
 def test_before_initialize_an_irq_is_einval(serve):
-    s = serve(device=Device(cuse_guest_double.make_native_guest))
+    s = serve(device=Device(cuse_guest_double.make_native_guest, memory=cuse_guest_double.acquire_memory))
     fh = s.peer.open()
     assert s.peer.write_result(s.peer.write(fh, words(2, 3))) == -errno.EINVAL
     assert s.server.session.fast_irqs == 0
