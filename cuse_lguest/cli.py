@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "serve": ("cuse_lguest.serve", "register /dev/lguest through CUSE and serve launchers (foreground)"),
     "demo": ("cuse_lguest.demo", "start the service and boot the demo guest (inside a VM if this host has no /dev/cuse)"),
     "doctor": ("cuse_lguest.doctor", "check this machine and the installation, and say what to fix"),
+    "stat": ("cuse_lguest.statview", "show the running service's guests' exits, live (like kvm_stat)"),
 }
 
 

@@ -34,6 +34,7 @@ from typing import Callable, Protocol
 
 from cuse_lguest import abi, procs
 from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, MemorySource, RunExit
+from cuse_lguest.core.exitstats import StatsDirectory
 from cuse_lguest.eventfds import EventfdTable
 from cuse_lguest.memory.handles import acquire
 
@@ -77,6 +78,7 @@ class _OpenFile:
         self.owner_tid = 0        # the only thread allowed to run the Guest
         self.eventfds = EventfdTable()
         self.released = False
+        self.stats: tuple[int, str] | None = None   # the published exit stats block: (fd, path)
 
 
 class Device:
@@ -84,15 +86,17 @@ class Device:
 
     def __init__(self, guest_factory: GuestFactory | None = None, *,
                  caller_word_size: Callable[[int], int | None] = procs.word_size_of,
-                 memory: MemorySource = acquire) -> None:
+                 memory: MemorySource = acquire, stats: StatsDirectory | None = None) -> None:
         """`memory` takes the launcher's memory handles at INITIALIZE (a double that never
-        touches guest memory passes testing.nomemory.no_memory)."""
+        touches guest memory passes testing.nomemory.no_memory).  `stats`: where to publish
+        each Guest's exit counters for `cuse-lguest stat` (None: nowhere)."""
         if guest_factory is None:
             from cuse_lguest.core import create_guest
             guest_factory = create_guest
         self._factory = guest_factory
         self._memory = memory
         self._caller_word_size = caller_word_size
+        self._stats = stats
         self._files: dict[int, _OpenFile] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
@@ -125,6 +129,8 @@ class Device:
             f.guest = None
         if guest is not None:
             guest.destroy()
+        if f.stats is not None:
+            StatsDirectory.withdraw(*f.stats)
         f.eventfds.close()
 
     def irq_shortcut(self, fh: int) -> IrqShortcut | None:
@@ -225,13 +231,18 @@ class Device:
             except GuestSetupError as e:
                 log.warning("INITIALIZE from %s refused: %s", name, e)
                 return -e.errno
+            stats = self._publish_stats(name, pid)
             params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
-                                 claim_notify=f.eventfds.claim, memory=handles, name=name)
+                                 claim_notify=f.eventfds.claim, memory=handles, name=name,
+                                 stats_fd=stats[0] if stats else None)
             try:
                 guest = self._build(params)
             except GuestSetupError as e:
+                if stats is not None:
+                    StatsDirectory.withdraw(*stats)
                 log.warning("INITIALIZE from %s refused: %s", params.name, e)
                 return -e.errno
+            f.stats = stats
             f.guest, f.word, f.owner_tid = guest, word, tid
             log.info("guest created for %s: base %#x, %d pages, start %#x, %d-bit launcher",
                      params.name, base, pfnlimit, start, 8 * word)
@@ -248,6 +259,16 @@ class Device:
             if params.memory is not None:
                 params.memory.close()
             raise
+
+    def _publish_stats(self, name: str, pid: int) -> tuple[int, str] | None:
+        """A published exit stats block for a new Guest, or None (none wanted, or it cannot be made)."""
+        if self._stats is None:
+            return None
+        try:
+            return self._stats.publish(name, pid)
+        except OSError as e:
+            log.warning("no exit stats for %s: %s", name, e)
+            return None
 
     def _irq(self, f: _OpenFile, irq: int) -> int:
         if irq >= abi.LGUEST_IRQS:

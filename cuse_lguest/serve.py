@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="translated-code buffer of each guest's CPU, in MiB (default: "
                              f"{default_tb}; Unicorn's own 1024 cannot be reserved on "
                              "a 512 MiB machine)")
+    parser.add_argument("--stats-dir", default=None, metavar="DIR",
+                        help="publish each guest's exit counters here for `cuse-lguest stat` "
+                             "(default: /run/cuse-lguest/guests; 'none' to publish nothing)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     # Test hooks, hidden: serve over a socketpair end whose peer plays the
     # kernel, with a guest factory named MODULE:ATTRIBUTE (and that module's
@@ -54,15 +57,31 @@ def _valid_name(name: str) -> bool:
         and ".." not in name.split("/") and len(name) < 256
 
 
-def _make_device(factory_spec: str | None):
+def _stats_directory(path: str | None):
+    """The exit stats directory, made ready; None when not wanted or not possible (said once)."""
+    from cuse_lguest.core.exitstats import StatsDirectory
+    if path == "none":
+        return None
+    stats = StatsDirectory(path or StatsDirectory.DEFAULT)
+    try:
+        stats.prepare()
+    except OSError as e:
+        logging.getLogger("cuse_lguest.serve").warning(
+            "exit stats not published (%s): `cuse-lguest stat` will not see these guests", e)
+        return None
+    return stats
+
+
+def _make_device(factory_spec: str | None, stats_dir: str | None):
     from cuse_lguest.device import Device
+    stats = _stats_directory(stats_dir)
     if factory_spec is None:
-        return Device()
+        return Device(stats=stats)
     module_name, _, attr = factory_spec.partition(":")
     module = importlib.import_module(module_name)
     # A double that never touches guest memory brings its own memory source too.
     memory = getattr(module, "acquire_memory", None)
-    return Device(getattr(module, attr), **({"memory": memory} if memory else {}))
+    return Device(getattr(module, attr), stats=stats, **({"memory": memory} if memory else {}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,15 +106,15 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
     else:
         fd = args.socket_fd
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        device = _make_device(args.guest_factory)
+        device = _make_device(args.guest_factory, args.stats_dir)
     except (ImportError, AttributeError) as e:
         if args.socket_fd is None:
             os.close(fd)
         return _fail(f"the hypervisor core cannot be loaded ({e}).")
 
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # before any thread starts
     server = Server(device, name=args.name, eintr_on_signal=args.eintr_on_signal)
     server.attach_fd(fd)

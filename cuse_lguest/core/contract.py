@@ -42,6 +42,10 @@ class GuestParams:
     `claim_notify(value)` is the eventfd table's lookup: it signals the first
     eventfd registered for `value` and returns True, or returns False so that
     run() hands the value back to the launcher.
+    `stats_fd`, when given, is a file holding a formatted exit stats block
+    (core/exitstats.py) that the caller publishes for `cuse-lguest stat`;
+    the Guest maps it and counts its exits there (the caller keeps the fd).
+    Without one the Guest counts into a private block.
     """
     pid: int
     base: int
@@ -50,6 +54,7 @@ class GuestParams:
     claim_notify: Callable[[int], bool]
     memory: MemoryHandles | None
     name: str = "guest"
+    stats_fd: int | None = None
 
 
 class Guest(Protocol):

@@ -31,6 +31,7 @@ import os
 import threading
 
 from cuse_lguest import abi
+from cuse_lguest.core import exitstats
 from cuse_lguest.core.contract import GuestParams, GuestSetupError, RunExit
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
@@ -60,7 +61,13 @@ class LguestGuest:
         # out of fds) must give back what was already built, above all the
         # guest RAM mapping.
         try:
-            self.vcpu = VCpu(self, params, self.memory)
+            stats = (exitstats.ExitStats.anonymous(params.name, params.pid) if params.stats_fd is None
+                     else exitstats.ExitStats.from_fd(params.stats_fd))
+            try:
+                self.vcpu = VCpu(self, params, self.memory, stats)
+            except BaseException:
+                stats.close()
+                raise
             try:
                 # The stop flag's native struct: StopFlag keeps it to itself,
                 # but a C raiser must set it too.
@@ -140,7 +147,7 @@ class LguestGuest:
         if not pending and not line.from_launcher:
             return 0                      # the peek (module docstring)
         if line.take_launcher_mark():
-            self.memory.on_irq()
+            self.vcpu.sync_on_irq()
         return pending
 
     def take_irq(self, irq: int) -> None:
@@ -177,6 +184,9 @@ class LguestGuest:
 
     def _timer_fired(self) -> None:
         with self._lock:
+            if self._destroyed:
+                return                    # the stats block may be unmapped already
+            self.vcpu.stats.add(exitstats.TIMER_TICK)
             self.irq_line.raise_irqs(1)
 
     def retry_delivery_soon(self) -> None:

@@ -18,6 +18,7 @@ from unicorn.x86_const import (UC_X86_REG_CR2, UC_X86_REG_CS, UC_X86_REG_EAX, UC
                                UC_X86_REG_EIP, UC_X86_REG_ESP)
 
 from cuse_lguest import abi
+from cuse_lguest.core import exitstats
 from cuse_lguest.core.handshake import write_time
 from cuse_lguest.memory.errors import GuestFault
 
@@ -104,7 +105,7 @@ def deliver_pending_irq(v: "VCpu") -> None:
     if gate is not None:
         v.guest.take_irq(irq)
         push_frame(v, gate, None, eip)
-        v.irqs_delivered += 1
+        v.stats.add(exitstats.IRQ + irq)
     write_time(mem, ld)
     if not candidates & ~(1 << irq):
         mem.write_u32(ld + abi.LGUEST_DATA_IRQ_PENDING, 0)

@@ -16,6 +16,7 @@ wrong in the Guest surfaces as GuestFault and becomes its death.
 """
 from __future__ import annotations
 
+from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_READ_PROT,
@@ -25,17 +26,20 @@ from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EAX, UC_X86_REG_EBX, UC
                                UC_X86_REG_ESP, UC_X86_REG_SS)
 
 from cuse_lguest import abi
-from cuse_lguest.core import interrupts
+from cuse_lguest.core import exitstats, interrupts
 from cuse_lguest.core.async_ring import AsyncRing
 from cuse_lguest.core.contract import GuestParams, RunExit
 from cuse_lguest.core.handshake import LguestData, lguest_init
 from cuse_lguest.core.hypercalls import Hypercalls
+from cuse_lguest.cpu._native import lib
 from cuse_lguest.cpu.machine import Machine
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.guest_memory import GuestMemory
 
 if TYPE_CHECKING:
     from cuse_lguest.core.guest import LguestGuest
+
+_stat_add = lib.lg_stat_add     # exitstats.ExitStats.add without its Python frame (every exit)
 
 # Guest accesses Unicorn could not satisfy: a page table named a frame outside Guest RAM.
 _MEMORY_ERRORS = frozenset({UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
@@ -45,9 +49,18 @@ _MEMORY_ERRORS = frozenset({UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_
 class VCpu:
     """The one vCPU of a Guest.  Everything here runs on the thread inside Guest.run()."""
 
-    def __init__(self, guest: "LguestGuest", params: GuestParams, memory: GuestMemory) -> None:
+    def __init__(self, guest: "LguestGuest", params: GuestParams, memory: GuestMemory,
+                 stats: exitstats.ExitStats) -> None:
         self.guest = guest
         self.memory = memory
+        self.stats = stats
+        self._stats_ptr = stats.native
+        # The memory sync points, timed only where this memory does something at them.
+        self._at_run_entry = self._timed_sync(exitstats.SYNC_RUN_ENTRY, "at_run_entry")
+        self._at_exit = self._timed_sync(exitstats.SYNC_EXIT, "at_exit")
+        self._before_notify = self._timed_sync(exitstats.SYNC_NOTIFY, "before_notify")
+        self.sync_on_irq = self._timed_sync(exitstats.SYNC_IRQ, "on_irq")
+        self._slept_ns = 0
         self.claim_notify = params.claim_notify
         self.machine = Machine(memory, params.start)
         self.regs = self.machine.regs
@@ -66,7 +79,6 @@ class VCpu:
         self.need_flush = False
         self.hcall: tuple[int, int, int, int, int] | None = None
         self.notify = 0
-        self.irqs_delivered = 0
         self._leave: tuple[RunExit, int] | None = None
         self.machine.install_hooks(self._on_intr, self._on_invalid)
 
@@ -74,7 +86,14 @@ class VCpu:
     def run(self) -> tuple[RunExit, int]:
         # The memory sync points may find the launcher's memory gone (mirror
         # mode): like any Guest fault that becomes the Guest's death.
-        leave = self._guarded(self.memory.at_run_entry)
+        started = perf_counter_ns()
+        try:
+            return self._run()
+        finally:
+            self.stats.add(exitstats.RUN, perf_counter_ns() - started)
+
+    def _run(self) -> tuple[RunExit, int]:
+        leave = self._guarded(self._at_run_entry)
         if leave is not None:
             return leave
         while True:
@@ -87,8 +106,10 @@ class VCpu:
             if self.halted:
                 self.guest.sleep_while_halted(self)
                 continue
+            entered = perf_counter_ns()
             err = self.machine.enter()
-            leave = self._guarded(self.memory.at_exit)
+            _stat_add(self._stats_ptr, exitstats.EMU, perf_counter_ns() - entered)
+            leave = self._guarded(self._at_exit)
             if leave is not None:
                 return leave
             if err in _MEMORY_ERRORS:
@@ -113,7 +134,7 @@ class VCpu:
             if not self.notify:
                 break
             value, self.notify = self.notify, 0
-            self.memory.before_notify(value)
+            self._before_notify(value)
             if not self.claim_notify(value):
                 return RunExit.NOTIFY, value
         if self.guest.death is not None:
@@ -131,7 +152,7 @@ class VCpu:
             if nr != abi.LHCALL_LGUEST_INIT:
                 raise GuestFault(f"hypercall {nr} before INIT")
             self.ld = lguest_init(self.memory, a1)
-            self.ring = AsyncRing(self.memory, self.ld.gpa, self.calls.execute, self._notify_pending)
+            self.ring = AsyncRing(self.memory, self.ld.gpa, self._async_call, self._notify_pending)
             return
         self.ring.drain()
         if not self.notify:
@@ -144,14 +165,39 @@ class VCpu:
     def _notify_pending(self) -> bool:
         return self.notify != 0
 
+    def _async_call(self, nr: int, a1: int, a2: int, a3: int, a4: int) -> None:
+        started = perf_counter_ns()
+        try:
+            self.calls.execute(nr, a1, a2, a3, a4)
+        finally:
+            self.stats.add(exitstats.async_slot(nr), perf_counter_ns() - started)
+
+    def _timed_sync(self, slot: int, name: str):
+        """memory.<name>, counted and timed in `slot` when this memory does work there."""
+        if getattr(type(self.memory), name) is getattr(GuestMemory, name):
+            return getattr(self.memory, name)   # the base class's no-op: nothing worth a clock read
+
+        def timed(*args):
+            started = perf_counter_ns()
+            try:
+                return getattr(self.memory, name)(*args)
+            finally:
+                self.stats.add(slot, perf_counter_ns() - started)
+        return timed
+
     # ---- exits (inside emu_start, on this thread) -----------------------------
     def _on_intr(self, vector: int) -> None:
+        started = perf_counter_ns()
+        slot = exitstats.TRAP + 2 * vector          # (the slot arithmetic inline: this is the hot path)
         try:
             regs = self._exit_regs.read()           # CS, then the hypercall's EAX, EBX, ECX, EDX, ESI
             cpl = regs[0] & 3
             if vector == abi.LGUEST_TRAP_ENTRY and cpl == abi.GUEST_PL:
+                nr = regs[1]
+                slot = exitstats.HCALL + nr if nr < exitstats.HCALL_SLOTS else exitstats.hcall_slot(nr)
                 self.hcall = regs[1:]
             else:
+                slot += cpl == 3
                 ctx = self.machine.ctx
                 ctx.snapshot()
                 err, software = ctx.error_code, ctx.is_int
@@ -162,12 +208,14 @@ class VCpu:
                     interrupts.software_interrupt(self, vector, eip, cpl)
                 else:
                     interrupts.hardware_trap(self, vector, err, eip)
-            self.memory.at_exit()
+            self._at_exit()
             self._leave = self._service()
             while self._leave is None and self.halted:
                 self._leave = self._sleep_then_service()
         except GuestFault as fault:
             self.guest.kill(fault.reason)
+        slept, self._slept_ns = self._slept_ns, 0
+        _stat_add(self._stats_ptr, slot, perf_counter_ns() - started - slept)
         if self._leave is not None or self.guest.death is not None:
             self.machine.uc.emu_stop()        # safe: we are the vCPU thread, inside a hook
 
@@ -178,18 +226,25 @@ class VCpu:
         looked at (see cpu/stopper.py): the kick that woke us set it, and
         leaving it set would stop the Guest at the first block of its handler.
         """
+        started = perf_counter_ns()
         self.guest.sleep_while_halted(self)
+        slept = perf_counter_ns() - started
+        self.stats.add(exitstats.HALT_SLEEP, slept)
+        self._slept_ns += slept
         self.machine.stop.clear()
         return self._service()
 
     def _on_invalid(self) -> bool:
         """ud2 and other undefined opcodes: #UD (6) for the Guest's handler."""
+        started = perf_counter_ns()
+        ctx = self.machine.ctx
         try:
-            ctx = self.machine.ctx
             ctx.snapshot()
             ctx.clear_old_exception()
             ctx.restore()
+            from_user = self.regs.read(UC_X86_REG_CS) & 3 == 3
             interrupts.reflect(self, 6, None, self.regs.read(UC_X86_REG_EIP))
+            self.stats.add(exitstats.trap_slot(6, from_user), perf_counter_ns() - started)
             return True
         except GuestFault as fault:
             self.guest.kill(fault.reason)
@@ -206,4 +261,5 @@ class VCpu:
 
     def close(self) -> None:
         self.machine.close()
+        self.stats.close()
 

@@ -32,6 +32,13 @@ consistent access, so at least one sees the other: no lost wake-up.
 A launcher's IRQ marks `from_launcher` *before* its pending bit: whoever sees
 the bit and then exchanges the mark is sure to find it, so the memory sync
 point that goes with an LHREQ_IRQ (mirror mode) is never skipped.
+
+struct lg_exit_stats is a Guest's exit profile (core/exitstats.py): a count
+and a host time for each kind of exit, in a mapping of a file or memfd that
+another process (`cuse-lguest stat`, the root front end of a worker) reads
+while the Guest runs.  Each slot has one writer at a time (the vCPU thread,
+or the timer thread for ticks), so relaxed atomic adds are enough: a reader
+sees every value whole, never torn.
 """
 from cffi import FFI
 
@@ -59,6 +66,21 @@ ffibuilder.cdef("""
     void lg_irq_kick(struct lg_irqs *s);
     void lg_irq_take(struct lg_irqs *s, uint32_t bits);
     int lg_irq_take_launcher_mark(struct lg_irqs *s);
+
+    #define LG_STAT_MAGIC 0x5453474c      /* "LGST" */
+    #define LG_STAT_VERSION 1
+    #define LG_STAT_SLOTS 1024
+    #define LG_STAT_NAME 64
+    struct lg_exit_stats {
+        uint32_t magic;
+        uint32_t version;
+        uint32_t service_pid;             /* the process whose Guest this is */
+        uint32_t launcher_pid;
+        char name[64];                    /* NUL-terminated: the launcher as the log names it */
+        uint64_t count[1024];
+        uint64_t ns[1024];
+    };
+    void lg_stat_add(struct lg_exit_stats *s, uint32_t slot, uint64_t ns);
 """)
 ffibuilder.set_source("cuse_lguest.cpu._native", r"""
     #include <stdint.h>
@@ -126,6 +148,27 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
     int lg_irq_take_launcher_mark(struct lg_irqs *s)
     {
         return (int)__atomic_exchange_n(&s->from_launcher, 0, __ATOMIC_SEQ_CST);
+    }
+
+    #define LG_STAT_MAGIC 0x5453474c
+    #define LG_STAT_VERSION 1
+    #define LG_STAT_SLOTS 1024
+    #define LG_STAT_NAME 64
+    struct lg_exit_stats {
+        uint32_t magic;
+        uint32_t version;
+        uint32_t service_pid;
+        uint32_t launcher_pid;
+        char name[LG_STAT_NAME];
+        uint64_t count[LG_STAT_SLOTS];
+        uint64_t ns[LG_STAT_SLOTS];
+    };
+    void lg_stat_add(struct lg_exit_stats *s, uint32_t slot, uint64_t ns)
+    {
+        if (slot >= LG_STAT_SLOTS)
+            return;
+        __atomic_fetch_add(&s->count[slot], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&s->ns[slot], ns, __ATOMIC_RELAXED);
     }
 """)
 
