@@ -1,10 +1,15 @@
-"""`cuse-lguest serve`: register /dev/<name> through CUSE and serve launchers.
+"""`cuse-lguest serve`: register /dev/<name> through CUSE (or FUSE) and serve launchers.
 
 Runs in the foreground and logs to stderr.  SIGTERM or SIGINT ends it
 cleanly: every read in flight is answered with an error, every guest is
-destroyed, and the exit code is 0.  When the service cannot start (no
-/dev/cuse, not root, libfuse too old or the binding not built) it says why in
-one sentence and exits 2.
+destroyed, the node is removed, and the exit code is 0.  When the service
+cannot start (no /dev/cuse nor /dev/fuse, not root, libfuse too old or the
+binding not built) it says why in one sentence and exits 2.
+
+--transport picks the kernel interface (transports.py): CUSE makes a
+character device /dev/NAME whose mode and group the udev rule sets; FUSE
+(for kernels without CUSE) mounts a one-file filesystem over --node and sets
+the mode and group itself, with the udev rule's defaults.
 
 Both signals are blocked in every thread and taken with sigtimedwait() on the
 main thread, so libfuse's worker threads never see them and the shutdown
@@ -13,11 +18,14 @@ runs as ordinary code rather than inside a signal handler.
 from __future__ import annotations
 
 import argparse
+import grp
 import importlib
 import logging
 import os
 import signal
 import sys
+
+from cuse_lguest import transports, udev
 
 EXIT_UNAVAILABLE = 2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -26,8 +34,17 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cuse_lguest.cpu import engine
     default_tb = engine.DEFAULT_TRANSLATION_BUFFER // engine.MIB
+    parser.add_argument("--transport", choices=transports.CHOICES, default="auto",
+                        help="cuse: a character device made by the kernel's CUSE; fuse: a one-file "
+                             "FUSE mount over the node path, for kernels without CUSE; auto (default): "
+                             "cuse when /dev/cuse exists, else fuse when /dev/fuse exists")
     parser.add_argument("--name", default="lguest",
                         help="device name: the node is /dev/NAME (default: lguest)")
+    parser.add_argument("--node", help="FUSE only: the path to serve (default: /dev/NAME)")
+    parser.add_argument("--mode", help=f"FUSE only: the node's mode (default: {udev.DEFAULT_MODE}, "
+                                       "what the udev rule gives a CUSE node)")
+    parser.add_argument("--group", help=f"FUSE only: the node's group (default: {udev.DEFAULT_GROUP}, "
+                                        "as the udev rule; root's group if it does not exist)")
     parser.add_argument("--eintr-on-signal", action="store_true",
                         help="end a running guest's read() with EINTR for caught signals too "
                              "(default: only for signals that will kill the launcher)")
@@ -84,43 +101,81 @@ def _make_device(factory_spec: str | None, stats_dir: str | None):
     return Device(getattr(module, attr), stats=stats, **({"memory": memory} if memory else {}))
 
 
+def _file_attrs(args: argparse.Namespace):
+    """The FUSE node's mode, owner and group, from the options or the udev rule's defaults."""
+    from cuse_lguest.cuse.session import FileAttrs
+    mode = args.mode or udev.DEFAULT_MODE
+    if not udev.valid_mode(mode):
+        raise ValueError(f"{mode!r} is not an octal mode like 0660.")
+    try:
+        gid = grp.getgrnam(args.group or udev.DEFAULT_GROUP).gr_gid
+    except KeyError:
+        if args.group:
+            raise ValueError(f"there is no group {args.group!r}.") from None
+        gid = 0
+    return FileAttrs(mode=int(mode, 8), uid=0, gid=gid)
+
+
 def run(args: argparse.Namespace) -> int:
     if not _valid_name(args.name):
         return _fail(f"{args.name!r} is not a usable device name.")
+    try:
+        transport = "cuse" if args.socket_fd is not None else transports.choose(args.transport)
+    except transports.NoTransport as e:
+        return _fail(str(e))
+    if transport == "cuse" and (args.node or args.mode or args.group):
+        return _fail("--node, --mode and --group are for the FUSE transport: a CUSE node is /dev/NAME, "
+                     "and the udev rule sets its mode and group.")
     from cuse_lguest.cuse.binding import TransportUnavailable
     try:
-        from cuse_lguest.cuse.server import Server, open_cuse
+        from cuse_lguest.cuse.fusenode import FuseNode
+        from cuse_lguest.cuse.server import open_cuse
+        attrs = _file_attrs(args) if transport == "fuse" else None
     except TransportUnavailable as e:
+        return _fail(str(e))
+    except ValueError as e:
         return _fail(str(e))
     from cuse_lguest.cpu import engine
     try:
         engine.set_translation_buffer(args.translation_buffer * engine.MIB)
     except ValueError as e:
         return _fail(f"--translation-buffer: {e}.")
-    if args.socket_fd is None:
-        if os.geteuid() != 0:
-            return _fail("it must run as root, because /dev/cuse is only open to root.")
-        try:
-            fd = open_cuse()
-        except TransportUnavailable as e:
-            return _fail(str(e))
-    else:
-        fd = args.socket_fd
+    if args.socket_fd is None and os.geteuid() != 0:
+        return _fail("it must run as root, because /dev/cuse is only open to root." if transport == "cuse"
+                     else "it must run as root, because it mounts FUSE over the node.")
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         device = _make_device(args.guest_factory, args.stats_dir)
     except (ImportError, AttributeError) as e:
-        if args.socket_fd is None:
-            os.close(fd)
         return _fail(f"the hypervisor core cannot be loaded ({e}).")
 
+    node = FuseNode(args.node or f"/dev/{args.name}", attrs) if transport == "fuse" else None
+    try:
+        if args.socket_fd is not None:
+            fd = args.socket_fd
+        elif node is None:
+            fd = open_cuse()
+        else:
+            node.prepare()
+            fd = node.mount()
+    except TransportUnavailable as e:
+        return _fail(str(e))
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # before any thread starts
-    server = Server(device, name=args.name, eintr_on_signal=args.eintr_on_signal)
+    try:
+        return _serve(args, device, fd, attrs, node.path if node else f"/dev/{args.name}")
+    finally:
+        if node is not None:
+            node.remove()
+
+
+def _serve(args: argparse.Namespace, device, fd: int, attrs, path: str) -> int:
+    from cuse_lguest.cuse.server import Server
+    server = Server(device, name=args.name, eintr_on_signal=args.eintr_on_signal, fuse=attrs)
     server.attach_fd(fd)
     server.start()
     log = logging.getLogger("cuse_lguest.serve")
-    log.info("serving /dev/%s (pid %d)", args.name, os.getpid())
+    log.info("serving %s through %s (pid %d)", path, server.transport, os.getpid())
     # Guests still run on a stock Unicorn, only slower: say so once, plainly.
     from cuse_lguest import unicorn_build
     unicorn_build.warn_if_stock(log)
@@ -131,6 +186,6 @@ def run(args: argparse.Namespace) -> int:
             break
     result = server.shutdown()
     if result != 0:
-        log.error("the CUSE session ended with error %d", result)
+        log.error("the %s session ended with error %d", server.transport, result)
         return 1
     return 0

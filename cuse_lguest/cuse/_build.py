@@ -36,6 +36,16 @@ Why a little C lives here instead of Python:
   answers ENOSYS and the kernel falls back to the default poll mask, which
   is also what a device without a poll method gives.
 
+* The same session can serve FUSE instead of CUSE (`cl_new_fuse`): a
+  filesystem whose only inode is its root, a regular file, mounted over the
+  node path (see fusenode.py).  It shares the ops above; FUSE adds GETATTR
+  (answered in C from the link's mode, uid and gid), LOOKUP (nothing to
+  find) and an OPEN that asks for direct I/O, so every read and write reaches
+  us with its size and offset, as on a character device.  Through FUSE the
+  offset is the caller's file position, which the kernel moves by every count
+  we acknowledge; the server tracks it (positions.py) and tells each shortcut
+  which offset means vCPU 0 (its `origin`; always 0 through CUSE).
+
 FUSE_USE_VERSION is 312 ("3.12"), never 35 ("3.5"): 35 routes
 fuse_session_loop_mt to the old loop-config ABI (see the lab README gotcha 1).
 """
@@ -77,16 +87,21 @@ struct cl_link {
     unsigned long refused;
     void *handle;
     unsigned long fast_irqs;
+    unsigned node_mode;
+    unsigned node_uid;
+    unsigned node_gid;
     ...;
 };
 
 typedef int (*cl_irq_fn)(void *line, uint64_t irq);
 int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t request,
-                    cl_irq_fn inject, void *line);
+                    cl_irq_fn inject, void *line, int64_t origin);
+void cl_shortcut_set_origin(struct cl_link *l, uint64_t fh, int64_t origin);
 void cl_shortcut_remove(struct cl_link *l, uint64_t fh);
 void cl_shortcut_clear(struct cl_link *l);
 
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
+struct fuse_session *cl_new_fuse(struct cl_link *link);
 void cl_destroy(struct fuse_session *se, struct cl_link *link);
 int cl_attach(struct fuse_session *se, int fd);
 int cl_loop(struct fuse_session *se, unsigned max_threads);
@@ -125,6 +140,7 @@ SOURCE = r"""
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* One file whose LHREQ_IRQ writes C answers: see the module docstring. */
@@ -135,6 +151,7 @@ struct cl_shortcut {
     uint64_t request;       /* the first word: LHREQ_IRQ                        */
     cl_irq_fn inject;       /* 0: done; otherwise leave the write to Python     */
     void *line;
+    int64_t origin;         /* the write offset that names vCPU 0               */
 };
 #define CL_SHORTCUTS 64     /* files beyond this many simply take the Python path */
 
@@ -146,6 +163,10 @@ struct cl_link {
     unsigned long refused;  /* messages answered with an error by the guard    */
     void *handle;           /* the Python session object (cffi handle)         */
     unsigned long fast_irqs;            /* LHREQ_IRQ writes answered in C      */
+    unsigned node_mode;     /* FUSE only: the root file's permission bits      */
+    unsigned node_uid;      /* FUSE only: its owner                           */
+    unsigned node_gid;      /* FUSE only: its group                           */
+    int fuse;               /* 1: a FUSE session (more opcodes to check)      */
     pthread_mutex_t shortcut_lock;
     unsigned nshortcuts;
     struct cl_shortcut shortcuts[CL_SHORTCUTS];
@@ -169,9 +190,32 @@ struct cl_in_header {
 };
 struct cl_out_header { uint32_t len; int32_t error; uint64_t unique; };
 
+enum { CL_LOOKUP = 1, CL_FORGET = 2, CL_GETATTR = 3, CL_SETATTR = 4, CL_STATFS = 17,
+       CL_GETXATTR = 22, CL_LISTXATTR = 23, CL_INIT = 26, CL_ACCESS = 34,
+       CL_BATCH_FORGET = 42, CL_LSEEK = 46 };
 enum { CL_OPEN = 14, CL_READ = 15, CL_WRITE = 16, CL_RELEASE = 18, CL_FSYNC = 20,
        CL_FLUSH = 25, CL_INTERRUPT = 36, CL_DESTROY = 38, CL_IOCTL = 39, CL_POLL = 40,
        CL_CUSE_INIT = 4096 };
+
+/* The argument size libfuse reads for each opcode a FUSE kernel sends to our
+ * one-file filesystem beyond the CUSE ones, or -1. */
+static long cl_fuse_arg_size(uint32_t opcode)
+{
+    switch (opcode) {
+    case CL_INIT:         return 16;    /* fuse_init_in up to flags (more with FUSE_INIT_EXT) */
+    case CL_LOOKUP:       return 1;     /* a name, at least its NUL */
+    case CL_FORGET:       return 8;     /* fuse_forget_in    */
+    case CL_BATCH_FORGET: return 8;     /* fuse_batch_forget_in */
+    case CL_GETATTR:      return 16;    /* fuse_getattr_in   */
+    case CL_SETATTR:      return 88;    /* fuse_setattr_in   */
+    case CL_STATFS:       return 0;
+    case CL_GETXATTR:     return 8;     /* fuse_getxattr_in  */
+    case CL_LISTXATTR:    return 8;
+    case CL_ACCESS:       return 8;     /* fuse_access_in    */
+    case CL_LSEEK:        return 24;    /* fuse_lseek_in     */
+    default:              return -1;
+    }
+}
 
 /* The argument size libfuse reads for each opcode a CUSE kernel sends, or
  * -1 for an opcode CUSE never uses. */
@@ -204,6 +248,8 @@ static int cl_check(const struct cl_link *l, const char *msg, size_t n)
         return -1;                      /* no header to answer to */
     memcpy(&h, msg, sizeof h);
     arg = cl_arg_size(h.opcode);
+    if (l->fuse && (h.opcode == CL_CUSE_INIT || arg < 0))
+        arg = cl_fuse_arg_size(h.opcode);
     if (h.opcode == CL_INTERRUPT)       /* INTERRUPT is never answered */
         return (h.len == n && n >= sizeof h + arg) ? 0 : -1;
     if (h.len != n)
@@ -217,6 +263,11 @@ static int cl_check(const struct cl_link *l, const char *msg, size_t n)
         if (v > l->max_write)
             return EINVAL;
         if ((uint64_t)n != sizeof h + 40 + (uint64_t)v)
+            return EINVAL;
+    }
+    if (h.opcode == CL_INIT && l->fuse) {
+        memcpy(&v, msg + sizeof h + 12, 4);          /* fuse_init_in.flags */
+        if ((v & (1u << 30)) && n < sizeof h + 64)   /* FUSE_INIT_EXT: flags2 follows */
             return EINVAL;
     }
     if (h.opcode == CL_IOCTL) {
@@ -290,9 +341,9 @@ static void cl_init(void *userdata, struct fuse_conn_info *conn)
 }
 
 int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t request,
-                    cl_irq_fn inject, void *line)
+                    cl_irq_fn inject, void *line, int64_t origin)
 {
-    struct cl_shortcut s = { fh, word, request, inject, line };
+    struct cl_shortcut s = { fh, word, request, inject, line, origin };
     int res = -1;
 
     pthread_mutex_lock(&l->shortcut_lock);
@@ -302,6 +353,15 @@ int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t requ
     }
     pthread_mutex_unlock(&l->shortcut_lock);
     return res;
+}
+
+void cl_shortcut_set_origin(struct cl_link *l, uint64_t fh, int64_t origin)
+{
+    pthread_mutex_lock(&l->shortcut_lock);
+    for (unsigned i = 0; i < l->nshortcuts; i++)
+        if (l->shortcuts[i].fh == fh)
+            l->shortcuts[i].origin = origin;
+    pthread_mutex_unlock(&l->shortcut_lock);
 }
 
 void cl_shortcut_remove(struct cl_link *l, uint64_t fh)
@@ -332,8 +392,9 @@ static uint64_t cl_word(const char *p, unsigned word)
     return v;
 }
 
-/* 1 if this write was a registered file's LHREQ_IRQ and its line took it. */
-static int cl_shortcut_irq(struct cl_link *l, uint64_t fh, const char *buf, size_t size)
+/* 1 if this write was a registered file's LHREQ_IRQ for vCPU 0 and its line took it. */
+static int cl_shortcut_irq(struct cl_link *l, uint64_t fh, const char *buf, size_t size,
+                           off_t off)
 {
     int done = 0;
 
@@ -342,7 +403,7 @@ static int cl_shortcut_irq(struct cl_link *l, uint64_t fh, const char *buf, size
         const struct cl_shortcut *s = &l->shortcuts[i];
         if (s->fh != fh)
             continue;
-        if (size == 2 * (size_t)s->word && cl_word(buf, s->word) == s->request
+        if (off == s->origin && size == 2 * (size_t)s->word && cl_word(buf, s->word) == s->request
             && s->inject(s->line, cl_word(buf + s->word, s->word)) == 0) {
             l->fast_irqs++;
             done = 1;
@@ -356,7 +417,7 @@ static int cl_shortcut_irq(struct cl_link *l, uint64_t fh, const char *buf, size
 static void cl_write(fuse_req_t req, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi)
 {
-    if (off == 0 && cl_shortcut_irq(fuse_req_userdata(req), fi->fh, buf, size))
+    if (cl_shortcut_irq(fuse_req_userdata(req), fi->fh, buf, size, off))
         fuse_reply_write(req, 0);       /* LHREQ_IRQ's result, as Device.write gives it */
     else
         cl_py_write(req, buf, size, off, fi);
@@ -379,6 +440,87 @@ static const struct cuse_lowlevel_ops cl_ops = {
     .ioctl = cl_ioctl,
 };
 
+/* ---- FUSE: a filesystem that is one regular file, its root.  The file ops
+ * are the CUSE ones above; FUSE's carry the inode number, which is always
+ * the root's. ---- */
+
+static void fl_init(void *userdata, struct fuse_conn_info *conn)
+{
+    cl_init(userdata, conn);
+    cl_py_init_done(userdata);
+}
+
+static void fl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    (void)parent; (void)name;
+    fuse_reply_err(req, ENOENT);        /* a file has no entries */
+}
+
+static void fl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    const struct cl_link *l = fuse_req_userdata(req);
+    struct stat st;
+
+    (void)fi;
+    memset(&st, 0, sizeof st);
+    st.st_ino = ino;
+    st.st_mode = S_IFREG | (l->node_mode & 07777);
+    st.st_nlink = 1;
+    st.st_uid = l->node_uid;
+    st.st_gid = l->node_gid;
+    fuse_reply_attr(req, &st, 1.0);
+}
+
+static void fl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    /* Direct I/O: every read and write comes to us with its size and offset,
+     * and nothing is cached.  Not nonseekable or stream: both make the
+     * launcher's pread() fail with ESPIPE. */
+    (void)ino;
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    cl_py_open(req, fi);
+}
+
+static void fl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    (void)ino;
+    cl_py_read(req, size, off, fi);
+}
+
+static void fl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+                     off_t off, struct fuse_file_info *fi)
+{
+    (void)ino;
+    cl_write(req, buf, size, off, fi);
+}
+
+static void fl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino;
+    cl_py_release(req, fi);
+}
+
+static void fl_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void *arg,
+                     struct fuse_file_info *fi, unsigned flags, const void *in_buf,
+                     size_t in_bufsz, size_t out_bufsz)
+{
+    (void)ino;
+    cl_ioctl(req, (int)cmd, arg, fi, flags, in_buf, in_bufsz, out_bufsz);
+}
+
+static const struct fuse_lowlevel_ops fl_ops = {
+    .init = fl_init,
+    .lookup = fl_lookup,
+    .getattr = fl_getattr,
+    .open = fl_open,
+    .read = fl_read,
+    .write = fl_write,
+    .release = fl_release,
+    .ioctl = fl_ioctl,
+};
+
 static const struct fuse_custom_io cl_io = { .writev = cl_writev, .read = cl_read };
 
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
@@ -394,6 +536,21 @@ struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
     ci.dev_info_argc = 1;
     ci.dev_info_argv = info;
     se = cuse_lowlevel_new(&args, &ci, &cl_ops, link);
+    fuse_opt_free_args(&args);
+    if (!se)
+        pthread_mutex_destroy(&link->shortcut_lock);
+    return se;
+}
+
+struct fuse_session *cl_new_fuse(struct cl_link *link)
+{
+    char *argv[] = { (char *)"cuse-lguest", NULL };
+    struct fuse_args args = FUSE_ARGS_INIT(1, argv);
+    struct fuse_session *se;
+
+    pthread_mutex_init(&link->shortcut_lock, NULL);
+    link->fuse = 1;
+    se = fuse_session_new(&args, &fl_ops, sizeof fl_ops, link);
     fuse_opt_free_args(&args);
     if (!se)
         pthread_mutex_destroy(&link->shortcut_lock);

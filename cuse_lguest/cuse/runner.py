@@ -29,19 +29,24 @@ log = logging.getLogger("cuse_lguest.cuse")
 class InFlight:
     """One read from its hand-off until its answer.
 
-    `cancelled` means "answer EINTR": set by a fatal signal, an owner that
-    exited, a release or shutdown.  `started` means the device has been
-    asked to run the guest, so a cancel must also interrupt the device.
+    `offset` is what the device sees; `at` is the file position a plain
+    read() arrived at through FUSE (None otherwise), which the answer moves
+    on (see positions.py).  `cancelled` means "answer EINTR": set by a fatal
+    signal, an owner that exited, a release or shutdown.  `started` means the
+    device has been asked to run the guest, so a cancel must also interrupt
+    the device.
     """
 
-    __slots__ = ("req", "tid", "fh", "offset", "size", "started", "cancelled", "done")
+    __slots__ = ("req", "tid", "fh", "offset", "size", "at", "started", "cancelled", "done")
 
-    def __init__(self, req: Request, tid: int, fh: int, offset: int, size: int) -> None:
+    def __init__(self, req: Request, tid: int, fh: int, offset: int, size: int,
+                 at: int | None = None) -> None:
         self.req = req
         self.tid = tid
         self.fh = fh
         self.offset = offset
         self.size = size
+        self.at = at
         self.started = False
         self.cancelled = False
         self.done = False

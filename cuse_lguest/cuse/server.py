@@ -1,4 +1,4 @@
-"""The CUSE server: one session in front of one `cuse_lguest.device.Device`.
+"""The server: one session (CUSE, or FUSE) in front of one `cuse_lguest.device.Device`.
 
 Routing (each request keeps the caller's thread id as `tid`):
 
@@ -11,8 +11,10 @@ Routing (each request keeps the caller's thread id as `tid`):
              answered in C without reaching us (see _build.py); RELEASE and
              shutdown remove it before the Guest is destroyed.
 * READ    -> handed to the open file's runner thread (see runner.py), which
-             calls device.read() and answers.  The FUSE offset is passed
-             through as the vCPU index; the kernel always sends 0.
+             calls device.read() and answers.  The offset is the vCPU index:
+             through CUSE the kernel always sends 0; through FUSE an offset
+             equal to the file position we track is a plain read()/write()
+             and means 0 (positions.py), any other goes through as is.
 * RELEASE -> device.release(), after cancelling any read still in flight.
 * INTERRUPT, and a watcher that looks at every read's owner every
   `watch_interval` seconds -> signals.judge(); a stop verdict cancels the read,
@@ -31,8 +33,9 @@ from typing import TYPE_CHECKING
 
 from cuse_lguest.cuse import signals
 from cuse_lguest.cuse.binding import TransportUnavailable
+from cuse_lguest.cuse.positions import FilePositions
 from cuse_lguest.cuse.runner import FileRunner, InFlight, answer
-from cuse_lguest.cuse.session import Request, Session
+from cuse_lguest.cuse.session import FileAttrs, Request, Session
 
 if TYPE_CHECKING:
     from cuse_lguest.device import IrqShortcut
@@ -63,14 +66,17 @@ def open_cuse(path: str = "/dev/cuse") -> int:
 
 
 class Server:
-    """Serve `device` as the character device DEVNAME=`name`."""
+    """Serve `device` as the character device DEVNAME=`name`, or with `fuse`
+    given, as a FUSE filesystem that is one file with those attributes."""
 
     def __init__(self, device, *, name: str = "lguest", eintr_on_signal: bool = False,
-                 watch_interval: float = WATCH_INTERVAL) -> None:
+                 watch_interval: float = WATCH_INTERVAL, fuse: FileAttrs | None = None) -> None:
         self.device = device
         self.name = name
         self.eintr_on_signal = eintr_on_signal
-        self.session = Session(self, name)
+        self.transport = "CUSE" if fuse is None else "FUSE"
+        self.session = Session(self, name, fuse=fuse)
+        self._positions = FilePositions() if fuse is not None else None
         self.registered = threading.Event()
         self._lock = threading.Lock()
         self._runners: dict[int, FileRunner] = {}
@@ -130,7 +136,7 @@ class Server:
                 self._wake.notify_all()
             self.session.stop()
             self.session.destroy()
-            log.info("CUSE session for %s closed", self.name)
+            log.info("%s session for %s closed", self.transport, self.name)
         self.session.finished.wait()
         return self.session.result or 0
 
@@ -146,7 +152,7 @@ class Server:
 
     # ---------------------------------------------------------------- requests
     def on_init_done(self) -> None:
-        log.info("CUSE_INIT answered: DEVNAME=%s, max_write %d", self.name, self.session.max_write)
+        log.info("%s INIT answered: %s, max_write %d", self.transport, self.name, self.session.max_write)
         self.registered.set()
 
     def on_open(self, req: Request, fi) -> None:
@@ -156,6 +162,8 @@ class Server:
             req.reply_err(errno.ENODEV)
             return
         fh = self.device.open()
+        if self._positions is not None:
+            self._positions.opened(fh)
         with self._lock:
             self._runners[fh] = FileRunner(fh, self._serve)
         req.reply_open(fi, fh)
@@ -170,13 +178,29 @@ class Server:
         if not known:
             req.reply_err(errno.EBADF)
             return
-        result = self.device.write(tid, fh, offset, data)
-        log.debug("write fh=%d tid=%d %d bytes -> %d", fh, tid, len(data), result)
+        vcpu, plain = self._vcpu(fh, offset)
+        result = self.device.write(tid, fh, vcpu, data)
+        log.debug("write fh=%d tid=%d %d bytes at %d -> %d", fh, tid, len(data), offset, result)
         if result < 0:
             req.reply_err(-result)
         else:
+            if plain:                     # before answering: the kernel moves its position on our answer
+                self._advance(fh, offset, result)
             self._offer_shortcut(fh)      # first: the launcher's next write may already be an IRQ
             req.reply_write(result)
+
+    def _vcpu(self, fh: int, offset: int) -> tuple[int, bool]:
+        """The offset the device sees, and whether it came from a plain read()/write() (FUSE)."""
+        if self._positions is None:
+            return offset, False
+        return self._positions.incoming(fh, offset)
+
+    def _advance(self, fh: int, offset: int, count: int) -> None:
+        moved = self._positions.advance(fh, offset, count)
+        if moved is not None:
+            with self._lock:
+                if fh in self._shortcuts:
+                    self.session.move_irq_shortcut(fh, moved)
 
     def _offer_shortcut(self, fh: int) -> None:
         """After a successful write: if `fh` now has a live Guest, let C answer its LHREQ_IRQs."""
@@ -187,12 +211,14 @@ class Server:
             return
         with self._lock:          # release and shutdown remove entries under this lock
             if fh in self._runners and not self._closing and fh not in self._shortcuts:
+                origin = 0 if self._positions is None else self._positions.position(fh)
                 if self.session.add_irq_shortcut(fh, shortcut.word, shortcut.request,
-                                                 shortcut.line.inject, shortcut.line.target):
+                                                 shortcut.line.inject, shortcut.line.target, origin):
                     self._shortcuts[fh] = shortcut
 
     def on_read(self, req: Request, tid: int, fh: int, offset: int, size: int) -> None:
-        read = InFlight(req, tid, fh, offset, size)
+        vcpu, plain = self._vcpu(fh, offset)
+        read = InFlight(req, tid, fh, vcpu, size, at=offset if plain else None)
         with self._lock:
             runner = None if self._closing else self._runners.get(fh)
             if runner is not None:
@@ -211,6 +237,8 @@ class Server:
             if self._shortcuts.pop(fh, None) is not None:
                 self.session.remove_irq_shortcut(fh)
             reads = [r for r in self._reads.values() if r.fh == fh]
+        if self._positions is not None:
+            self._positions.released(fh)
         for read in reads:
             self._cancel(read, "file released")
         if runner is not None:
@@ -244,6 +272,8 @@ class Server:
             read.done = True
             self._reads.pop(read.req.key, None)
             self._wake.notify_all()
+        if read.at is not None and not isinstance(result, int):
+            self._advance(read.fh, read.at, min(len(result), read.size))
         answer(read, result)
 
     def _cancel(self, read: InFlight, why: str) -> None:

@@ -1,4 +1,4 @@
-"""One libfuse CUSE session: the wire, its loop thread, and the Python callbacks.
+"""One libfuse session, CUSE or FUSE: the wire, its loop thread, and the Python callbacks.
 
 This module owns everything that touches libfuse objects directly.  It turns
 each request into a call on a *handler* (the server) with plain Python values,
@@ -9,8 +9,10 @@ see docs/architecture.md §2):
 
 * `tid` is `fuse_req_ctx()->pid`: the calling *thread* id, not the process id.
 * RELEASE arrives with pid 0, so per-open state is keyed on the file handle.
-* The kernel always sends offset 0 for read and write.  The offset is passed
-  through untouched anyway (a peer over a socket may send another).
+* Through CUSE the kernel always sends offset 0 for read and write.  Through
+  FUSE it sends the caller's offset: pread/pwrite's, or the file position
+  for read()/write() (the server maps that back, see positions.py).  The
+  session passes it through untouched.
 * One signal to a task blocked in our read produces one FUSE INTERRUPT.
 
 Rules that keep libfuse safe from Python: a `fuse_req_t` is answered once (a
@@ -21,6 +23,7 @@ request's own lock while it runs the callback).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -101,26 +104,44 @@ class Handler(Protocol):
     def on_interrupt(self, key: int) -> None: ...
 
 
-class Session:
-    """A CUSE session announcing DEVNAME=`name`, served by `handler`.
+@dataclasses.dataclass(frozen=True)
+class FileAttrs:
+    """What a FUSE session's one file says in stat(): the kernel enforces it
+    (the mount has default_permissions), as it enforces a node's mode."""
+    mode: int
+    uid: int
+    gid: int
 
-    attach() gives it its wire: an open /dev/cuse, or one end of a
-    SOCK_SEQPACKET socketpair whose other end plays the kernel.  Either way
-    the session owns the fd from then on and closes it in destroy().
+
+class Session:
+    """A CUSE session announcing DEVNAME=`name`, or with `fuse` given, a FUSE
+    session whose filesystem is one regular file with those attributes;
+    served by `handler` either way.
+
+    attach() gives it its wire: an open /dev/cuse or /dev/fuse (mounted, see
+    fusenode.py), or one end of a SOCK_SEQPACKET socketpair whose other end
+    plays the kernel.  The session owns the fd from then on and closes it in
+    destroy().
     """
 
-    def __init__(self, handler: Handler, name: str, *, max_write: int = DEFAULT_MAX_WRITE) -> None:
+    def __init__(self, handler: Handler, name: str, *, max_write: int = DEFAULT_MAX_WRITE,
+                 fuse: FileAttrs | None = None) -> None:
         self.handler = handler
         self.name = name
+        self.fuse = fuse
         self._handle = ffi.new_handle(self)
         self._link = ffi.new("struct cl_link *")
         self._link.stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
         self._link.max_write = max_write
         self._link.handle = self._handle
-        self._se = lib.cl_new(self._link, ("DEVNAME=" + name).encode())
+        if fuse is None:
+            self._se = lib.cl_new(self._link, ("DEVNAME=" + name).encode())
+        else:
+            self._link.node_mode, self._link.node_uid, self._link.node_gid = fuse.mode, fuse.uid, fuse.gid
+            self._se = lib.cl_new_fuse(self._link)
         if self._se == ffi.NULL:
             os.close(self._link.stop_fd)
-            raise RuntimeError("cuse_lowlevel_new failed (see libfuse's message above)")
+            raise RuntimeError("libfuse could not create the session (see its message above)")
         self._thread: threading.Thread | None = None
         self.result: int | None = None
         self.finished = threading.Event()
@@ -144,15 +165,20 @@ class Session:
         """LHREQ_IRQ writes answered in C through a shortcut, never reaching the handler."""
         return self._link.fast_irqs
 
-    def add_irq_shortcut(self, fh: int, word: int, request: int, inject: int, line: int) -> bool:
-        """Have C answer file `fh`'s LHREQ_IRQ writes through inject(line, irq) (see _build.py).
+    def add_irq_shortcut(self, fh: int, word: int, request: int, inject: int, line: int,
+                         origin: int = 0) -> bool:
+        """Have C answer file `fh`'s LHREQ_IRQ writes at offset `origin` through inject(line, irq).
 
         `inject` and `line` are addresses; the caller keeps what they point at
         alive until remove_irq_shortcut(fh).  False if the table is full: the
-        file keeps the Python path.
+        file keeps the Python path.  See _build.py.
         """
         return lib.cl_shortcut_add(self._link, fh, word, request, ffi.cast("cl_irq_fn", inject),
-                                   ffi.cast("void *", line)) == 0
+                                   ffi.cast("void *", line), origin) == 0
+
+    def move_irq_shortcut(self, fh: int, origin: int) -> None:
+        """The offset that names vCPU 0 for `fh` is now `origin` (FUSE: the file position moved)."""
+        lib.cl_shortcut_set_origin(self._link, fh, origin)
 
     def remove_irq_shortcut(self, fh: int) -> None:
         """Once this returns, no worker is still using the shortcut's line."""

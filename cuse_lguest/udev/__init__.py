@@ -19,11 +19,16 @@ _NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
 _MODE = re.compile(r"0?[0-7]{3}")
 
 
+def valid_mode(mode: str) -> bool:
+    """An octal permission mode like 0660 (no setuid, setgid or sticky bits)."""
+    return bool(_MODE.fullmatch(mode))
+
+
 def rule(group: str = DEFAULT_GROUP, mode: str = DEFAULT_MODE) -> str:
     """The shipped rule file with GROUP and MODE replaced."""
     if not _NAME.fullmatch(group):
         raise ValueError(f"not a valid group name: {group!r}")
-    if not _MODE.fullmatch(mode):
+    if not valid_mode(mode):
         raise ValueError(f"not an octal mode: {mode!r}")
     text = RULE_FILE.read_text()
     text = text.replace(f'GROUP="{DEFAULT_GROUP}"', f'GROUP="{group}"')

@@ -23,7 +23,8 @@ SERVE = [sys.executable, "-m", "cuse_lguest.cli", "serve"]
 def test_serve_without_dev_cuse_exits_2_with_one_line():
     if os.geteuid() != 0:
         pytest.skip("as non-root, serve stops earlier (see the next test)")
-    done = subprocess.run(SERVE, env=ENV, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(SERVE + ["--transport", "cuse"], env=ENV, capture_output=True, text=True,
+                          timeout=30)
     assert done.returncode == 2
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and "/dev/cuse" in lines[0], done.stderr
@@ -37,6 +38,32 @@ def test_serve_as_non_root_exits_2_with_one_line(monkeypatch, capsys):
     assert cli.main(["serve"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "root" in lines[0], lines
+
+
+def test_serve_without_cuse_or_fuse_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
+    from cuse_lguest import cli, transports
+    monkeypatch.setattr(transports, "CUSE_DEVICE", tmp_path / "cuse")
+    monkeypatch.setattr(transports, "FUSE_DEVICE", tmp_path / "fuse")
+    assert cli.main(["serve"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "neither" in lines[0] and "FUSE" in lines[0], lines
+
+
+def test_serve_auto_prefers_cuse_then_fuse(monkeypatch, tmp_path):
+    from cuse_lguest import transports
+    monkeypatch.setattr(transports, "CUSE_DEVICE", tmp_path / "cuse")
+    monkeypatch.setattr(transports, "FUSE_DEVICE", tmp_path / "fuse")
+    (tmp_path / "fuse").touch()
+    assert transports.choose("auto") == "fuse" and transports.choose("cuse") == "cuse"
+    (tmp_path / "cuse").touch()
+    assert transports.choose("auto") == "cuse" and transports.choose("fuse") == "fuse"
+
+
+def test_serve_refuses_fuse_options_with_cuse(capsys):
+    from cuse_lguest import cli
+    assert cli.main(["serve", "--transport", "cuse", "--node", "/tmp/x"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "FUSE" in lines[0], lines
 
 
 def test_serve_refuses_a_bad_name_with_one_line():
