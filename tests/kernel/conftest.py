@@ -1,11 +1,15 @@
-"""The kernel tier: ONE VM boot per test run, every selected scenario inside it.
+"""The kernel tier: every scenario through the genuine kernel, once per transport.
 
-The session fixture boots Debian's stock kernel (cuse_lguest.vm), where
-driver.py loads nothing more than `cuse`, starts `cuse-lguest serve` and runs
-the scenarios the collected tests ask for (`-k` narrows the boot's work too).
-Each test then asserts on its own scenario's observations, so failures are
-reported per scenario, and a VM that hangs or dies names the scenario it was
-in.  Scenarios whose pieces do not exist yet are skipped with the reason.
+Each test runs twice, as [cuse-...] and [fuse-...] (a `transports` marker
+narrows that).  CUSE: ONE VM boot per test run; the session fixture boots
+Debian's stock kernel (cuse_lguest.vm), where driver.py loads nothing more
+than `cuse`, starts `cuse-lguest serve` and runs the scenarios the collected
+tests ask for (`-k` narrows the boot's work too).  FUSE: the same driver on
+this host, against `cuse-lguest serve --transport fuse` mounted over a node
+in a fresh directory (never /dev/lguest), no VM.  Each test then asserts on
+its own scenario's observations, so failures are reported per scenario, and
+a run that hangs or dies names the scenario it was in.  Scenarios whose
+pieces do not exist yet are skipped with the reason.
 """
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
+import signal
+import tempfile
+import threading
 
 import pytest
 
@@ -25,11 +33,26 @@ DRIVER = HERE / "driver.py"
 # A backstop only: the driver bounds each launch itself (LAUNCH_TIMEOUT).
 VM_TIMEOUT = float(os.environ.get("KERNEL_TIER_TIMEOUT", "1200"))
 MARKER = "kernel_scenario"
+TRANSPORTS = ("cuse", "fuse")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", f"{MARKER}(name): the in-VM scenario this test asserts on "
+    config.addinivalue_line("markers", f"{MARKER}(name): the kernel-tier scenario this test asserts on "
                                        "('{bits}' is filled from the test's parameters)")
+    config.addinivalue_line("markers", "transports(*names): only through these transports "
+                                       f"(default: {', '.join(TRANSPORTS)})")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scenario" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("transports")
+        metafunc.parametrize("transport", mark.args if mark else TRANSPORTS, indirect=True,
+                             scope="session")
+
+
+@pytest.fixture(scope="session")
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 def scenario_name(item: pytest.Item) -> str | None:
@@ -44,6 +67,7 @@ def scenario_name(item: pytest.Item) -> str | None:
 class Scenario:
     """One scenario's observations, and the context a failure message needs."""
     name: str
+    transport: str
     facts: dict
     server_log: str
 
@@ -59,9 +83,22 @@ class Scenario:
 
 
 @dataclasses.dataclass
+class HostRun:
+    """The driver's run on this host (FUSE), shaped like a VMResult for the messages."""
+    returncode: int
+    output: str
+    timed_out: bool
+
+    def diagnosis(self) -> str:
+        how = "timed out" if self.timed_out else f"exited with status {self.returncode}"
+        return f"the host driver {how}; its last output:\n" + "\n".join(self.output.splitlines()[-60:])
+
+
+@dataclasses.dataclass
 class KernelRun:
+    transport: str
     records: dict[str, dict]
-    vm: vm.VMResult
+    vm: vm.VMResult | HostRun
 
     def interrupted_in(self) -> str | None:
         """The scenario that began but never ended, if the VM stopped mid-way."""
@@ -86,21 +123,58 @@ class KernelRun:
         if rec["status"] == "error":
             pytest.fail(f"the driver failed in scenario {name!r}:\n{rec['reason']}\n"
                         f"server log:\n{rec['server_log']}")
-        return Scenario(name, rec["facts"], rec["server_log"])
+        return Scenario(name, self.transport, rec["facts"], rec["server_log"])
+
+
+def _wanted(session: pytest.Session, transport: str) -> list[str]:
+    """The scenarios this transport's collected tests ask for."""
+    names = set()
+    for item in session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = scenario_name(item)
+        if name and params.get("transport") == transport:
+            names.add(name)
+    return sorted(names)
+
+
+def _run_on_host(command: list[str], node: pathlib.Path, progress) -> HostRun:
+    """Run the driver here; whatever happens, leave no mount behind at `node`."""
+    from cuse_lguest.cuse.fusenode import FSTYPE, mounts_at
+    lines: list[str] = []
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(DRIVER.parents[2])))
+    backstop = threading.Timer(VM_TIMEOUT, proc.kill)
+    backstop.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            progress(line)
+    finally:
+        backstop.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        while FSTYPE in mounts_at(str(node)):
+            subprocess.run(["umount", "-l", str(node)], check=False)
+    return HostRun(proc.returncode, "".join(lines), timed_out=proc.returncode == -signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
-def kernel_run(request: pytest.FixtureRequest, native_build: pathlib.Path,
+def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pathlib.Path,
                tmp_path_factory: pytest.TempPathFactory) -> KernelRun:
     if os.geteuid() != 0:
-        pytest.skip("the kernel tier needs root (9p passthrough of / and the VM's root jobs)")
-    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the kernel tier needs root (CUSE: 9p passthrough of / and the VM's root jobs; "
+                    "FUSE: mounting the node)")
+    if transport == "cuse" and shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
-    wanted = sorted({n for n in map(scenario_name, request.session.items) if n})
-    scratch = tmp_path_factory.mktemp("kernel-tier")
+    if transport == "fuse" and not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse does not exist: this kernel has no FUSE (modprobe fuse)")
+    wanted = _wanted(request.session, transport)
+    scratch = tmp_path_factory.mktemp(f"kernel-tier-{transport}")
     results = scratch / "results.jsonl"
-    command = f"{sys.executable} {DRIVER} --results {results} --only {' '.join(wanted)}"
-    # Progress goes to the terminal, past output capture: a long silent VM is hard to trust.
+    command = [sys.executable, str(DRIVER), "--results", str(results), "--transport", transport]
+    # Progress goes to the terminal, past output capture: a long silent run is hard to trust.
     terminal = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
 
@@ -109,17 +183,29 @@ def kernel_run(request: pytest.FixtureRequest, native_build: pathlib.Path,
             return
         with capture.global_and_fixture_disabled():
             terminal.ensure_newline()
-            terminal.write(f"kernel tier: {line}", flush=True)
+            terminal.write(f"kernel tier ({transport}): {line.rstrip()}\n", flush=True)
 
-    result = vm.run(command, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT), on_line=progress)
+    if transport == "cuse":
+        command_line = " ".join(command + ["--only", *wanted])
+        result = vm.run(command_line, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT), on_line=progress)
+    else:
+        # Another user opens the node in the permission scenarios: the directory must be
+        # searchable by everyone, which pytest's own temporary directories are not.
+        where = pathlib.Path(tempfile.mkdtemp(prefix="cuse-lguest-fuse-tier-"))
+        where.chmod(0o755)
+        node = where / "lguest"
+        try:
+            result = _run_on_host(command + ["--node", str(node), "--only", *wanted], node, progress)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
     records: dict[str, dict] = {}
     if results.exists():
         for line in results.read_text().splitlines():
             rec = json.loads(line)
             records[rec["name"]] = rec
-    run = KernelRun(records, result)
+    run = KernelRun(transport, records, result)
     if not records and result.returncode != 0:
-        pytest.fail(f"the kernel tier's VM produced no results:\n{result.diagnosis()}")
+        pytest.fail(f"the kernel tier ({transport}) produced no results:\n{result.diagnosis()}")
     return run
 
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""The kernel tier's in-VM driver: every scenario against the genuine /dev/lguest.
+"""The kernel tier's driver: every scenario against the genuine /dev/lguest.
 
-Runs INSIDE the VM as root, with `cuse` loaded.  It starts `cuse-lguest
-serve`, runs the scenarios in order and records what it observed; it does
+With --transport cuse (the default) it runs INSIDE the VM as root, with
+`cuse` loaded.  With --transport fuse it runs on the host as root against
+`cuse-lguest serve --transport fuse --node NODE` (a FUSE mount over a test
+path; the launchers find it through LGUEST_DEVICE), so the same scenarios
+go through the genuine kernel without nested emulation.  It starts the
+service, runs the scenarios in order and records what it observed; it does
 not judge.  The pytest side (test_*.py) asserts on the observations, so each
 scenario passes or fails on its own and a failure message carries the facts.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import grp
 import importlib.util
 import json
@@ -39,7 +44,9 @@ BUILD = ROOT / "native" / "build"
 LAUNCHERS = {"32": BUILD / "launcher" / "lguest32", "64": BUILD / "launcher" / "lguest64"}
 GUEST = BUILD / "guests" / "tinyguest.elf"
 CLIENT = HERE / "lguest_client.py"
-NODE = pathlib.Path("/dev/lguest")
+NODE = pathlib.Path("/dev/lguest")      # main() sets these three from the command line
+TRANSPORT = "cuse"
+SCRATCH = pathlib.Path("/tmp")
 MEM_MB = "16"
 LAUNCH_TIMEOUT = 120.0
 NODE_TIMEOUT = 60.0
@@ -61,6 +68,31 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _node_state() -> str:
+    """'served', 'missing', 'stale' (a FUSE mount whose service died: ENOTCONN) or 'unserved'.
+
+    Through FUSE the path can exist without being served (the empty
+    placeholder under the mount), so 'served' means our mount is on it.
+    """
+    try:
+        NODE.stat()
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            return "stale"
+        raise
+    if TRANSPORT == "cuse":
+        return "served"
+    from cuse_lguest.cuse.fusenode import FSTYPE, mounts_at
+    return "served" if FSTYPE in mounts_at(str(NODE)) else "unserved"
+
+
+def _env() -> dict[str, str]:
+    """The environment for launchers and clients: they open NODE (the launcher's LGUEST_DEVICE)."""
+    return dict(os.environ, LGUEST_DEVICE=str(NODE))
+
+
 class Server:
     """`cuse-lguest serve` as a child, with its log, counts and a way to kill it."""
 
@@ -76,11 +108,13 @@ class Server:
         with self.log.open("a") as out:
             out.write(f"===== driver: start #{self.starts} of cuse-lguest serve\n")
             out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve"],
+            where = ["--node", str(NODE)] if TRANSPORT == "fuse" else []
+            self.proc = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve",
+                                          "--transport", TRANSPORT, *where],
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + NODE_TIMEOUT
-        while not NODE.exists():
+        while _node_state() != "served":
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 self.proc.wait()
@@ -134,7 +168,7 @@ class Launch:
         self.argv = [str(launcher), *options, MEM_MB, str(GUEST), *guest_args]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=_env())
         self.chunks: list[bytes] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -240,7 +274,7 @@ def guest_run(bits: str, test: str, options: Sequence[str] = (), stdin: bytes | 
         facts: dict = {}
         opts = list(options)
         if block:
-            image = pathlib.Path(f"/tmp/blk-{bits}-{test}.img")
+            image = SCRATCH / f"blk-{bits}-{test}.img"
             image.write_bytes(b"\0" * (1 << 20))
             opts.append(f"--block={image}")
         launch = Launch(bits, [f"test={test}"], opts, stdin)
@@ -300,9 +334,11 @@ def server_killed(bits: str) -> Callable[[Server], dict]:
         facts = launch.finish(timeout=1)
         facts.update({"guest_was_running": running, "exit_s": round(exit_s, 3)})
         deadline = time.monotonic() + 10
-        while NODE.exists() and time.monotonic() < deadline:
+        while _node_state() == "served" and time.monotonic() < deadline:
             time.sleep(0.05)
-        facts["node_gone_after_kill"] = not NODE.exists()
+        # CUSE: the node goes with the service.  FUSE: the dead mount stays (ENOTCONN)
+        # until a service starts again and detaches it.
+        facts["node_after_kill"] = _node_state()
         server.start()
         facts["after_restart"] = Launch(bits, ["test=hello"]).finish()
         return facts
@@ -321,8 +357,10 @@ def two_guests(bits: str) -> Callable[[Server], dict]:
 
 
 def _client(what: str, prefix: Sequence[str] = ()) -> dict:
-    done = subprocess.run([*prefix, sys.executable, str(CLIENT), what], capture_output=True,
-                          text=True, timeout=120)
+    # Another user may not be able to run the Python we run under (e.g. one under /root).
+    python = "/usr/bin/python3" if prefix and os.path.exists("/usr/bin/python3") else sys.executable
+    done = subprocess.run([*prefix, python, str(CLIENT), what], capture_output=True,
+                          text=True, timeout=120, env=_env())
     if done.returncode != 0:
         raise RuntimeError(f"lguest_client {what} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout)
@@ -331,6 +369,11 @@ def _client(what: str, prefix: Sequence[str] = ()) -> dict:
 def errno_conformance(server: Server) -> dict:
     server.ensure()
     return _client("errno")
+
+
+def offset_conformance(server: Server) -> dict:
+    server.ensure()
+    return _client("offsets")
 
 
 def _node_facts() -> dict:
@@ -344,8 +387,12 @@ def _as_nobody(groups: Sequence[int]) -> list[str]:
 
 
 def non_root_open(server: Server) -> dict:
+    """The node as the service leaves it: CUSE's root-only default, or FUSE's udev-like mode and group."""
     server.ensure()
-    return {"node": _node_facts(), "nobody": _client("open", _as_nobody([]))}
+    facts = {"node": _node_facts(), "nobody": _client("open", _as_nobody([]))}
+    if TRANSPORT == "fuse":
+        facts["member"] = _client("open", _as_nobody([NODE.stat().st_gid]))
+    return facts
 
 
 def udev_rule(server: Server) -> dict:
@@ -384,9 +431,9 @@ def server_sigterm(server: Server) -> dict:
     server.ensure()
     rc = server.stop(signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while NODE.exists() and time.monotonic() < deadline:
+    while _node_state() != "missing" and time.monotonic() < deadline:
         time.sleep(0.05)
-    return {"returncode": rc, "node_gone": not NODE.exists()}
+    return {"returncode": rc, "node_gone": _node_state() == "missing"}
 
 
 def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
@@ -405,20 +452,32 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
             (f"private-blk-{bits}", guest_run(bits, "blk", ["--private"], block=True)),
             (f"private-reboot-{bits}", guest_run(bits, "reboot", ["--private"], block=True)),
         ]
-    out += [("errno", errno_conformance), ("non-root-open", non_root_open), ("udev", udev_rule)]
+    out += [("errno", errno_conformance), ("non-root-open", non_root_open)]
+    if TRANSPORT == "cuse":     # FUSE sets the mode and group itself (non-root-open checks them)
+        out.append(("udev", udev_rule))
+    else:                       # through CUSE every request arrives at offset 0
+        out.append(("offsets", offset_conformance))
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     out.append(("server-sigterm", server_sigterm))
     return out
 
 
 def main() -> int:
+    global NODE, TRANSPORT, SCRATCH
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=pathlib.Path, required=True, help="append one JSON per scenario here")
     p.add_argument("--only", nargs="*", default=None, help="run only these scenarios")
+    p.add_argument("--transport", choices=("cuse", "fuse"), default="cuse",
+                   help="cuse: inside the VM, /dev/lguest; fuse: on the host, a FUSE mount at --node")
+    p.add_argument("--node", type=pathlib.Path, default=NODE, help="the node to serve and open")
     args = p.parse_args()
+    # mountinfo names mounts by their real path: resolve the directory, not the node.
+    NODE = pathlib.Path(os.path.realpath(args.node.parent)) / args.node.name
+    TRANSPORT, SCRATCH = args.transport, args.results.parent
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    server = Server(pathlib.Path("/tmp/serve.log"))
-    print(f"KTEST VM kernel {os.uname().release}, uptime {open('/proc/uptime').read().split()[0]} s", flush=True)
+    server = Server(SCRATCH / "serve.log")
+    print(f"KTEST {TRANSPORT} kernel {os.uname().release}, uptime "
+          f"{open('/proc/uptime').read().split()[0]} s", flush=True)
     for name, scenario in scenarios():
         if args.only is not None and name not in args.only:
             continue

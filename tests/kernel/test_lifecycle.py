@@ -28,12 +28,16 @@ def test_signalled_launcher_is_gone_and_the_service_is_clean(scenario, bits, sig
 @BITS
 @pytest.mark.kernel_scenario("server-killed-{bits}")
 def test_service_killed_mid_run(scenario, bits):
-    """kill -9 of the service: the held read fails ECONNABORTED and the launcher exits."""
+    """kill -9 of the service: the held read fails ECONNABORTED and the launcher exits.
+
+    CUSE removes the node with the service.  FUSE leaves a dead mount (stat:
+    ENOTCONN) that the restarted service detaches before mounting afresh.
+    """
     f = scenario.facts
     assert f["guest_was_running"], scenario.explain()
     assert f["returncode"] not in (0, None) and f["exit_s"] < GONE_WITHIN_S, scenario.explain()
     assert "Software caused connection abort" in f["output"], scenario.explain()
-    assert f["node_gone_after_kill"], scenario.explain()
+    assert f["node_after_kill"] == ("missing" if scenario.transport == "cuse" else "stale"), scenario.explain()
     again = f["after_restart"]
     assert "tinyguest: hello PASS" in again["output"], scenario.explain(again)
 
