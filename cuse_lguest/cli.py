@@ -11,8 +11,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "serve": ("cuse_lguest.serve", "register /dev/lguest through CUSE and serve launchers (foreground)"),
-    "demo": ("cuse_lguest.demo", "start the service and boot the demo guest (inside a VM if this host has no /dev/cuse)"),
+    "serve": ("cuse_lguest.serve", "register /dev/lguest through CUSE (or FUSE where CUSE is missing) and serve launchers "
+                                     "(foreground)"),
+    "demo": ("cuse_lguest.demo", "start the service and boot the demo guest (through FUSE, or inside a VM, "
+                                   "if this host has no /dev/cuse)"),
     "doctor": ("cuse_lguest.doctor", "check this machine and the installation, and say what to fix"),
     "stat": ("cuse_lguest.statview", "show the running service's guests' exits, live (like kvm_stat)"),
 }
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cuse-lguest",
         description="/dev/lguest served from userspace: the Linux 3.x lguest host, as a CUSE character device "
+                    "(or a FUSE file) "
                     "with its Guests running on the Unicorn CPU emulator.",
         epilog="Run `cuse-lguest COMMAND --help` for a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,9 +1,11 @@
 """`cuse-lguest demo`: start the service and boot the demo guest on a genuine /dev/lguest.
 
-The demo always goes through the kernel's CUSE driver, never a stand-in.  A
-host without /dev/cuse (no CUSE in its kernel) gets the same demo inside a
-throwaway VM running Debian's stock kernel (`cuse_lguest.vm`); the VM runs
-this very command with --no-vm, so both paths are one code path.
+The demo always goes through the kernel, never a stand-in: its CUSE driver
+when this host has /dev/cuse, else its FUSE driver (the service mounts a
+one-file filesystem over /dev/lguest; see cuse/fusenode.py), which needs no
+VM.  Only a host with neither, or `--vm`, gets the demo inside a throwaway VM
+running Debian's stock kernel (`cuse_lguest.vm`); the VM runs this very
+command with --no-vm, so every path is one code path.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from . import transports
 from .vm.job import PROJECT_ROOT
 
 BUILD = PROJECT_ROOT / "native" / "build"
@@ -24,7 +27,6 @@ DEFAULT_LAUNCHER = BUILD / "launcher" / "lguest32"
 DEMO_GUEST = BUILD / "guests" / "tinyguest.elf"
 DEMO_MEM_MB = "16"
 PASS_MARK = "tinyguest: hello PASS"
-CUSE = pathlib.Path("/dev/cuse")
 NODE = pathlib.Path("/dev/lguest")
 NODE_WAIT_S = 60.0
 VM_TIMEOUT_S = 600.0
@@ -34,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", type=pathlib.Path, default=None,
                    help=f"launcher to run (default: the project's {DEFAULT_LAUNCHER.relative_to(PROJECT_ROOT)})")
     p.add_argument("--no-vm", action="store_true",
-                   help="fail instead of falling back to a VM when this host has no /dev/cuse")
-    p.add_argument("--vm", action="store_true", help="run inside the VM even if this host has /dev/cuse")
+                   help="fail instead of falling back to a VM when this host has neither /dev/cuse "
+                        "nor /dev/fuse")
+    p.add_argument("--vm", action="store_true",
+                   help="run inside the VM (through CUSE) even if this host could serve /dev/lguest itself")
     p.add_argument("args", nargs=argparse.REMAINDER,
                    help=f"launcher arguments (default: {DEMO_MEM_MB} <tinyguest.elf> test=hello)")
 
@@ -46,9 +50,17 @@ def say(msg: str) -> None:
 
 def _cuse_available() -> bool:
     """True if /dev/cuse exists, loading the module first when we may."""
-    if not CUSE.exists() and os.geteuid() == 0:
+    if not transports.CUSE_DEVICE.exists() and os.geteuid() == 0:
         subprocess.run(["modprobe", "-q", "cuse"], stderr=subprocess.DEVNULL)
-    return CUSE.exists()
+    return transports.CUSE_DEVICE.exists()
+
+
+def _served(transport: str) -> bool:
+    """Is NODE served?  Through FUSE the bare placeholder file is not enough: our mount must be on it."""
+    if transport == "cuse":
+        return NODE.exists()
+    from .cuse.fusenode import is_served
+    return is_served(NODE)
 
 
 def _launch_argv(args: argparse.Namespace) -> list[str]:
@@ -65,13 +77,13 @@ def _missing(argv: list[str], default_guest: bool) -> str | None:
     return None
 
 
-def _start_service(log: pathlib.Path) -> subprocess.Popen:
+def _start_service(log: pathlib.Path, transport: str) -> subprocess.Popen:
     out = log.open("w")
-    server = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve"],
+    server = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve", "--transport", transport],
                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     out.close()
     deadline = time.monotonic() + NODE_WAIT_S
-    while not NODE.exists():
+    while not _served(transport):
         if server.poll() is not None:
             raise RuntimeError(f"cuse-lguest serve exited with status {server.returncode}")
         if time.monotonic() > deadline:
@@ -104,18 +116,18 @@ def _run_launcher(argv: list[str]) -> tuple[int, bool]:
     return proc.wait(), passed
 
 
-def _on_host(args: argparse.Namespace, argv: list[str]) -> int:
+def _on_host(args: argparse.Namespace, argv: list[str], transport: str) -> int:
     if os.geteuid() != 0:
-        say("needs root: the service opens /dev/cuse (run: sudo cuse-lguest demo)")
+        say(f"needs root: the service opens /dev/{transport} (run: sudo cuse-lguest demo)")
         return 1
     server = None
     with tempfile.TemporaryDirectory(prefix="cuse-lguest-demo-") as tmp:
         log = pathlib.Path(tmp) / "serve.log"
-        if NODE.exists():
+        if _served(transport):
             say(f"{NODE} already exists; using the service that is running")
         else:
             try:
-                server = _start_service(log)
+                server = _start_service(log, transport)
             except RuntimeError as e:
                 say(f"{e}; its log:")
                 sys.stderr.write(log.read_text(errors="replace"))
@@ -168,10 +180,13 @@ def run(args: argparse.Namespace) -> int:
         say("running inside a VM as asked (Debian's stock kernel under QEMU/TCG)")
         return _in_vm(args)
     if _cuse_available():
-        return _on_host(args, argv)
+        return _on_host(args, argv, "cuse")
+    if transports.FUSE_DEVICE.exists():
+        say(f"this kernel has no /dev/cuse, so {NODE} is served through FUSE on this host (no VM)")
+        return _on_host(args, argv, "fuse")
     if args.no_vm:
-        say("this kernel has no /dev/cuse (CUSE) and --no-vm was given")
+        say("this kernel has neither /dev/cuse (CUSE) nor /dev/fuse (FUSE), and --no-vm was given")
         return 1
-    say("this kernel has no /dev/cuse, so the demo runs inside a VM with Debian's stock kernel "
-        "(QEMU/TCG, a few seconds to boot)")
+    say("this kernel has neither /dev/cuse nor /dev/fuse, so the demo runs inside a VM with Debian's "
+        "stock kernel (QEMU/TCG, a few seconds to boot)")
     return _in_vm(args)

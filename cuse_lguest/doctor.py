@@ -2,8 +2,8 @@
 
 Each check prints one plain line, plus the fix when something is wrong.  The exit
 status answers one question: can the service run here, either directly (root,
-libfuse3, Unicorn, /dev/cuse) or, without /dev/cuse, inside the demo's VM (qemu and
-a Debian kernel)?  Things that only slow it down (a stock Unicorn) or only matter
+libfuse3, Unicorn, /dev/cuse or else /dev/fuse) or, with neither, inside the demo's
+VM (qemu and a Debian kernel)?  Things that only slow it down (a stock Unicorn) or only matter
 for building tests (gcc -m32) are warnings, never failures.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+
+from cuse_lguest import transports
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
@@ -30,15 +32,19 @@ class Check:
 def check_root() -> Check:
     if os.geteuid() == 0:
         return Check(OK, "running as root")
-    return Check(FAIL, "not root: the service opens /dev/cuse and duplicates launcher fds (pidfd_getfd)",
+    return Check(FAIL, "not root: the service opens /dev/cuse (or mounts FUSE) and duplicates launcher fds "
+                       "(pidfd_getfd)",
                  "run it as root (sudo)")
 
 
 def check_cuse() -> Check:
-    if os.path.exists("/dev/cuse"):
+    if transports.CUSE_DEVICE.exists():
         return Check(OK, "/dev/cuse present: the service can serve /dev/lguest on this host")
-    return Check(WARN, "/dev/cuse missing: `cuse-lguest demo` will run the service inside a VM",
-                 "`modprobe cuse` if this kernel has it (not possible in most containers)")
+    if transports.FUSE_DEVICE.exists():
+        return Check(OK, "/dev/cuse missing but /dev/fuse present: the service serves /dev/lguest on this host "
+                         "through FUSE (a regular file, mounted; see docs/operations.md)")
+    return Check(WARN, "neither /dev/cuse nor /dev/fuse: `cuse-lguest demo` will run the service inside a VM",
+                 "`modprobe cuse` (or `modprobe fuse`) if this kernel has it (not possible in most containers)")
 
 
 def check_libfuse() -> Check:

@@ -59,6 +59,23 @@ def mounts_at(path: str) -> list[str]:
     return found
 
 
+def node_path(path: str | os.PathLike) -> str:
+    """`path` with its directory resolved but not itself: how mountinfo names a mount on it
+    (resolving the node would stat it, which fails on a dead mount)."""
+    given = pathlib.Path(path)
+    return str(pathlib.Path(os.path.realpath(given.parent)) / given.name)
+
+
+def is_served(path: str | os.PathLike) -> bool:
+    """True if a live mount of ours is on `path` (a placeholder alone, or a dead mount, is not)."""
+    where = node_path(path)
+    try:
+        os.stat(where)
+    except OSError:
+        return False
+    return FSTYPE in mounts_at(where)
+
+
 def _umount(path: str) -> int:
     """Detach the top mount at `path`; 0 or the errno."""
     if _libc.umount2(os.fsencode(path), _MNT_DETACH) == 0:
@@ -70,9 +87,7 @@ class FuseNode:
     """The mount of one FUSE session over the node path `path`."""
 
     def __init__(self, path: str | os.PathLike, attrs: FileAttrs) -> None:
-        given = pathlib.Path(path)
-        # The parent resolved, the node itself not: stat() on a stale mount fails.
-        self.path = str(pathlib.Path(os.path.realpath(given.parent)) / given.name)
+        self.path = node_path(path)
         self.attrs = attrs
         self.mounted = False
 

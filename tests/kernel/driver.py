@@ -84,8 +84,8 @@ def _node_state() -> str:
         raise
     if TRANSPORT == "cuse":
         return "served"
-    from cuse_lguest.cuse.fusenode import FSTYPE, mounts_at
-    return "served" if FSTYPE in mounts_at(str(NODE)) else "unserved"
+    from cuse_lguest.cuse.fusenode import is_served
+    return "served" if is_served(NODE) else "unserved"
 
 
 def _env() -> dict[str, str]:
@@ -471,8 +471,7 @@ def main() -> int:
                    help="cuse: inside the VM, /dev/lguest; fuse: on the host, a FUSE mount at --node")
     p.add_argument("--node", type=pathlib.Path, default=NODE, help="the node to serve and open")
     args = p.parse_args()
-    # mountinfo names mounts by their real path: resolve the directory, not the node.
-    NODE = pathlib.Path(os.path.realpath(args.node.parent)) / args.node.name
+    NODE = args.node
     TRANSPORT, SCRATCH = args.transport, args.results.parent
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     server = Server(SCRATCH / "serve.log")

@@ -75,11 +75,39 @@ def test_vm_timeout_says_where_it_hung():
             shutil.rmtree(r.kept, ignore_errors=True)
 
 
-@needs_vm
-@pytest.mark.vm
-def test_demo_shows_the_guests_hello(native_build):
-    done = subprocess.run([sys.executable, "-m", "cuse_lguest.cli", "demo"], capture_output=True,
+def _demo(*options: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cuse_lguest.cli", "demo", *options], capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tinyguest: hello from the virtio console" in done.stdout, done.stdout + done.stderr
     assert "tinyguest: hello PASS" in done.stdout
+    return done
+
+
+def _guest_lines(text: str) -> list[str]:
+    """What the guest and the launcher printed, without the demo's own narration."""
+    return [line for line in text.splitlines() if line.startswith(("tinyguest:", "lguest32:"))]
+
+
+FUSE_DEMO = pytest.mark.skipif(os.geteuid() != 0 or os.path.exists("/dev/cuse") or not os.path.exists("/dev/fuse"),
+                               reason="needs root, and a kernel with FUSE but without CUSE")
+
+
+@needs_vm
+@pytest.mark.vm
+def test_demo_shows_the_guests_hello_in_the_vm(native_build):
+    """Through CUSE in the VM; where this host would use FUSE instead, both print the same lines."""
+    cuse = _demo("--vm")
+    if os.geteuid() == 0 and not os.path.exists("/dev/cuse") and os.path.exists("/dev/fuse"):
+        fuse = _demo()
+        assert _guest_lines(fuse.stdout) == _guest_lines(cuse.stdout), (fuse.stdout, cuse.stdout)
+
+
+@FUSE_DEMO
+def test_demo_without_cuse_runs_through_fuse_without_a_vm(native_build):
+    """This test is about the default node: the demo serves /dev/lguest itself, and removes it."""
+    done = _demo()
+    said = [line for line in done.stderr.splitlines() if "FUSE" in line]
+    assert len(said) == 1 and "no VM" in said[0], done.stderr
+    assert "inside a VM" not in done.stderr
+    assert not os.path.lexists("/dev/lguest"), "the demo's service left /dev/lguest behind"
