@@ -50,6 +50,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              scope="session")
 
 
+def _transport_of(item: pytest.Item) -> str | None:
+    return getattr(getattr(item, "callspec", None), "params", {}).get("transport")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep each transport's tests together, in their places, so each run (a VM boot) happens once."""
+    slots = [i for i, item in enumerate(items) if _transport_of(item)]
+    ordered = sorted((items[i] for i in slots), key=lambda item: TRANSPORTS.index(_transport_of(item)))
+    for i, item in zip(slots, ordered):
+        items[i] = item
+
+
 @pytest.fixture(scope="session")
 def transport(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -128,13 +140,8 @@ class KernelRun:
 
 def _wanted(session: pytest.Session, transport: str) -> list[str]:
     """The scenarios this transport's collected tests ask for."""
-    names = set()
-    for item in session.items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        name = scenario_name(item)
-        if name and params.get("transport") == transport:
-            names.add(name)
-    return sorted(names)
+    return sorted({name for item in session.items
+                   if (name := scenario_name(item)) and _transport_of(item) == transport})
 
 
 def _run_on_host(command: list[str], node: pathlib.Path, progress) -> HostRun:
