@@ -18,8 +18,7 @@ import shlex
 import sys
 
 from benchmarks.figure import Context, Measurement
-from benchmarks.figures import _build
-from cuse_lguest import unicorn_build
+from benchmarks.figures import _build, _irqwrite
 
 NAME = "cuse_vm"
 SUMMARY = "8-byte LHREQ_IRQ write through our CUSE server vs a minimal C CUSE server, in the VM (goal <= 1.5x)"
@@ -59,11 +58,5 @@ def run(ctx: Context) -> list[Measurement]:
         tag, _, payload = line.partition(" ")
         if tag in runs:
             runs[tag].append(json.loads(payload))
-    build = unicorn_build.current().describe()
-    common = dict(figure=NAME, unit="us", build=build, higher_is_better=False,
-                  baseline_name="minimal C CUSE server", note=f"VM under TCG, {n} writes per run")
-    return [Measurement(name="LHREQ_IRQ write, p50", samples=[r["p50_ns"] / 1e3 for r in runs["OURS"]],
-                        baseline_samples=[r["p50_ns"] / 1e3 for r in runs["CMIN"]],
-                        goal="ratio <= 1.5", goal_ratio=1.5, **common),
-            Measurement(name="LHREQ_IRQ write, p99", samples=[r["p99_ns"] / 1e3 for r in runs["OURS"]],
-                        baseline_samples=[r["p99_ns"] / 1e3 for r in runs["CMIN"]], **common)]
+    return _irqwrite.rows(NAME, runs["OURS"], runs["CMIN"], "minimal C CUSE server",
+                          f"VM under TCG, {n} writes per run")

@@ -22,8 +22,7 @@ import tempfile
 import time
 
 from benchmarks.figure import Context, Measurement
-from benchmarks.figures import _build
-from cuse_lguest import unicorn_build
+from benchmarks.figures import _build, _irqwrite
 
 NAME = "fuse_irq"
 SUMMARY = "8-byte LHREQ_IRQ write through our FUSE server vs a minimal C FUSE server, on the host (goal <= 1.5x)"
@@ -86,11 +85,4 @@ def run(ctx: Context) -> list[Measurement]:
         finally:
             _stop(ours, ours_node)
             _stop(c, cmin_node)
-    build = unicorn_build.current().describe()
-    common = dict(figure=NAME, unit="us", build=build, higher_is_better=False,
-                  baseline_name="minimal C FUSE server", note=f"host, {n} writes per run")
-    return [Measurement(name="LHREQ_IRQ write, p50", samples=[r["p50_ns"] / 1e3 for r in runs["ours"]],
-                        baseline_samples=[r["p50_ns"] / 1e3 for r in runs["cmin"]],
-                        goal="ratio <= 1.5", goal_ratio=1.5, **common),
-            Measurement(name="LHREQ_IRQ write, p99", samples=[r["p99_ns"] / 1e3 for r in runs["ours"]],
-                        baseline_samples=[r["p99_ns"] / 1e3 for r in runs["cmin"]], **common)]
+    return _irqwrite.rows(NAME, runs["ours"], runs["cmin"], "minimal C FUSE server", f"host, {n} writes per run")
