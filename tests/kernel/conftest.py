@@ -144,6 +144,25 @@ def _wanted(session: pytest.Session, transport: str) -> list[str]:
                    if (name := scenario_name(item)) and _transport_of(item) == transport})
 
 
+def _fuse_unmountable() -> str | None:
+    """Why the service could not mount FUSE here (no /dev/fuse, a container without the right), or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist: this kernel has no FUSE (modprobe fuse)"
+    from cuse_lguest.cuse.binding import TransportUnavailable
+    from cuse_lguest.cuse.fusenode import FuseNode
+    from cuse_lguest.cuse.session import FileAttrs
+    with tempfile.TemporaryDirectory(prefix="cuse-lguest-fuse-probe-") as where:
+        node = FuseNode(pathlib.Path(where) / "probe", FileAttrs(mode=0o600, uid=0, gid=0))
+        try:
+            node.prepare()
+            os.close(node.mount())      # no session: the mount is dead at once, and detached next
+        except TransportUnavailable as e:
+            return f"the service cannot mount FUSE here: {e}"
+        finally:
+            node.remove()
+    return None
+
+
 def _run_on_host(command: list[str], node: pathlib.Path, progress) -> HostRun:
     """Run the driver here; whatever happens, leave no mount behind at `node`."""
     from cuse_lguest.cuse.fusenode import FSTYPE, mounts_at
@@ -175,8 +194,10 @@ def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pat
                     "FUSE: mounting the node)")
     if transport == "cuse" and shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
-    if transport == "fuse" and not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse does not exist: this kernel has no FUSE (modprobe fuse)")
+    if transport == "fuse":
+        why = _fuse_unmountable()
+        if why:
+            pytest.skip(why)
     wanted = _wanted(request.session, transport)
     scratch = tmp_path_factory.mktemp(f"kernel-tier-{transport}")
     results = scratch / "results.jsonl"
