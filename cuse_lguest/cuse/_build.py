@@ -523,38 +523,42 @@ static const struct fuse_lowlevel_ops fl_ops = {
 
 static const struct fuse_custom_io cl_io = { .writev = cl_writev, .read = cl_read };
 
-struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
+/* A CUSE session announcing `devinfo`, or with devinfo NULL, a FUSE session
+ * for our one-file filesystem; both with libfuse's usual argument list and
+ * the shortcut lock, which is gone again if libfuse refuses. */
+static struct fuse_session *cl_make(struct cl_link *link, const char *devinfo)
 {
     char *argv[] = { (char *)"cuse-lguest", NULL };
     struct fuse_args args = FUSE_ARGS_INIT(1, argv);
-    const char *info[] = { devinfo };
-    struct cuse_info ci;
     struct fuse_session *se;
 
     pthread_mutex_init(&link->shortcut_lock, NULL);
-    memset(&ci, 0, sizeof ci);
-    ci.dev_info_argc = 1;
-    ci.dev_info_argv = info;
-    se = cuse_lowlevel_new(&args, &ci, &cl_ops, link);
+    if (devinfo) {
+        const char *info[] = { devinfo };
+        struct cuse_info ci;
+
+        memset(&ci, 0, sizeof ci);
+        ci.dev_info_argc = 1;
+        ci.dev_info_argv = info;
+        se = cuse_lowlevel_new(&args, &ci, &cl_ops, link);
+    } else {
+        link->fuse = 1;
+        se = fuse_session_new(&args, &fl_ops, sizeof fl_ops, link);
+    }
     fuse_opt_free_args(&args);
     if (!se)
         pthread_mutex_destroy(&link->shortcut_lock);
     return se;
 }
 
+struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
+{
+    return cl_make(link, devinfo);
+}
+
 struct fuse_session *cl_new_fuse(struct cl_link *link)
 {
-    char *argv[] = { (char *)"cuse-lguest", NULL };
-    struct fuse_args args = FUSE_ARGS_INIT(1, argv);
-    struct fuse_session *se;
-
-    pthread_mutex_init(&link->shortcut_lock, NULL);
-    link->fuse = 1;
-    se = fuse_session_new(&args, &fl_ops, sizeof fl_ops, link);
-    fuse_opt_free_args(&args);
-    if (!se)
-        pthread_mutex_destroy(&link->shortcut_lock);
-    return se;
+    return cl_make(link, NULL);
 }
 
 void cl_destroy(struct fuse_session *se, struct cl_link *link)
