@@ -9,8 +9,9 @@ input items that run once a marker has appeared on the console.
 from __future__ import annotations
 
 import pathlib
+import threading
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from cuse_lguest.device import Device
 from cuse_lguest.testing.launcher import Block, LaunchResult, Launcher, WaitFor
@@ -64,3 +65,34 @@ def time_to_marker(kernel: pathlib.Path, initrd: pathlib.Path | None, args: list
         raise RuntimeError(f"{kernel}: no {marker!r} on the console (error {result.error}, "
                            f"death {result.death})\n{result.console[-2000:]}")
     return seen[0] - start
+
+
+class LineStamps:
+    """Fed console bytes as they arrive; notes when the first line starting with each prefix completed.
+
+    The clock is the host's (time.perf_counter at the line's newline), so it
+    means the same for any guest whose console reaches us as a stream.  The
+    tty's carriage returns are dropped before matching.
+    """
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        self.prefixes = tuple(prefixes)
+        self.at: dict[str, float] = {}
+        self.lines: dict[str, str] = {}
+        self._partial = b""
+        self._lock = threading.Lock()        # the early console and the virtio console feed from two threads
+
+    def feed(self, data: bytes) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").replace("\r", "")
+                for prefix in self.prefixes:
+                    if prefix not in self.at and line.startswith(prefix):
+                        self.at[prefix] = now
+                        self.lines[prefix] = line
+
+    def span(self, start: str, end: str) -> float:
+        """Seconds from the `start` line to the `end` line; KeyError if either never came."""
+        return self.at[end] - self.at[start]

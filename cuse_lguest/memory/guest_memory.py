@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Callable
+from typing import Callable, Iterable
 
 from cuse_lguest import abi
 from cuse_lguest.memory.errors import GuestFault
@@ -43,8 +43,8 @@ class GuestMemory:
         self.limit = pfnlimit * abi.PAGE_SIZE
         self._view = (ctypes.c_char * self.limit).from_address(host_address)
         self.view = memoryview(self._view).cast("B")
-        # Called with (gpa, length) after host writes that may rewrite Guest code.
-        self.code_changed: Callable[[int, int], None] = lambda gpa, length: None
+        # Called with [(gpa, length), ...] after host writes that may rewrite Guest code.
+        self.code_changed: Callable[[Iterable[tuple[int, int]]], None] = lambda ranges: None
 
     # ---- bounds -------------------------------------------------------
     def check_read(self, addr: int, length: int) -> None:
@@ -89,7 +89,7 @@ class GuestMemory:
         self.check_write(addr, len(data))
         self.view[addr:addr + len(data)] = data
         if may_be_code:
-            self.code_changed(addr, len(data))
+            self.code_changed([(addr, len(data))])
 
     # ---- sync points (see module docstring); shared mode: nothing to do -
     def at_run_entry(self) -> None:

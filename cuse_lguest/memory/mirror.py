@@ -33,7 +33,7 @@ there is none, only early-console strings are pushed.
 
 Bytes pulled into Guest RAM may be code the Guest already ran (a block read
 into a page it will execute), so each pull of buffers drops Unicorn's
-translations of their span through GuestMemory.code_changed.
+translations of exactly those buffers through GuestMemory.code_changed.
 
 When the launcher's memory is gone (it exited, or unmapped its RAM) every
 sync point raises GuestFault("launcher memory gone: ..."): the Guest dies
@@ -213,11 +213,9 @@ class MirrorGuestMemory(GuestMemory):
             self._rescan()
 
     def _drop_code(self, pieces: list[Piece]) -> None:
-        """One invalidation over the span of everything pulled (under paging any call flushes it all)."""
-        lo = min(gpa for gpa, _, _ in pieces)
-        hi = max(gpa + n for gpa, _, n in pieces)
+        """One invalidation of the pulled buffers' pages, never of the span between them (see Machine.drop_code)."""
         self.syncs.code_drops += 1
-        self.code_changed(lo, hi - lo)
+        self.code_changed([(gpa, n) for gpa, _, n in pieces])
 
     def _push_string(self, gpa: int) -> None:
         room = min(self.limit - gpa, EARLY_CONSOLE_MAX)

@@ -50,9 +50,9 @@ class SharedGuestMemory(GuestMemory):
 
     def on_irq(self) -> None:
         """The launcher filled buffers and said so: forget code translated from those pages."""
-        span = self._writes.span()
-        if span is not None:
-            self.code_changed(*span)
+        writes = self._writes.since_last()
+        if writes:
+            self.code_changed(writes)
 
     def close(self) -> None:
         if self._mapped:

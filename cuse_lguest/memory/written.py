@@ -9,7 +9,8 @@ we walk every used ring from where we last looked, collect the
 device-writable buffers of the newly used chains, and report their span so
 the CPU can drop translations there.  Mirror mode learns the same ranges as a
 side effect of pulling them; this is the shared-mode equivalent, reading the
-rings in place.
+rings in place.  Each buffer is reported on its own: the span between the
+lowest and the highest would cover the Guest kernel's own code too.
 """
 from __future__ import annotations
 
@@ -27,23 +28,16 @@ class DeviceWrites:
 
     def __init__(self, view: memoryview, limit: int) -> None:
         self._view = view
-        self._limit = limit
         self._devpage = device_page_gpa(view, limit)
         self._rings: dict[tuple[int, int], tuple[Vring, int]] = {}   # (gpa, num) -> (ring, used cursor)
 
-    def span(self) -> tuple[int, int] | None:
-        """(gpa, length) covering every device-writable buffer used since the last call, or None."""
+    def since_last(self) -> list[tuple[int, int]]:
+        """(gpa, length) of every device-writable buffer used since the last call."""
         if self._devpage is None:
-            return None
+            return []
         page = bytes(self._view[self._devpage:self._devpage + abi.PAGE_SIZE])
-        lo, hi = self._limit, 0
-        for rec in parse_device_page(page):
-            for vq in rec.vqs:
-                if not vq.pfn:
-                    continue
-                for gpa, length in self._new_writes(vq.gpa, vq.num):
-                    lo, hi = min(lo, gpa), max(hi, gpa + length)
-        return (lo, hi - lo) if hi > lo else None
+        return [w for rec in parse_device_page(page) for vq in rec.vqs if vq.pfn
+                for w in self._new_writes(vq.gpa, vq.num)]
 
     def _new_writes(self, gpa: int, num: int) -> list[tuple[int, int]]:
         key = (gpa, num)

@@ -3,7 +3,8 @@
 The launcher (shared mode) and the mirror (private mode) both write Guest
 RAM without Unicorn seeing the stores, and a block read may land on a page
 the Guest executed before.  Unicorn's own invalidation takes virtual
-addresses; drop_code must hit the physical page whatever maps it.
+addresses; drop_code must hit the physical page whatever maps it, and only
+the pages it is given: a block read scatters buffers around the kernel's code.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import struct
 
 from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EIP
 
-from cuse_lguest.cpu.machine import Machine
+from cuse_lguest.cpu.machine import Machine, page_runs
 from cuse_lguest.memory.handles import acquire
 from cuse_lguest.memory.shared import SharedGuestMemory
 from cuse_lguest.testing.guestram import GuestRam
@@ -53,8 +54,17 @@ def test_drop_code_under_paging_reaches_the_physical_page():
             assert call() == 1
             buf[CODE_PA + 1] = 2                       # a write Unicorn never sees
             assert call() == 1                         # it still runs its old translation
-            machine.drop_code(CODE_PA, 6)
+            machine.drop_code([(CODE_PA - 0x1000, 0x1000), (CODE_PA + 0x1000, 16)])
+            assert call() == 1                         # pages on both sides: the code page keeps its translation
+            machine.drop_code([(CODE_PA + 2, 1), (0x100000, 4)])
             assert call() == 2
         finally:
             machine.close()
             memory.close()
+
+
+def test_page_runs_merge_touching_pages_only():
+    assert page_runs([]) == []
+    assert page_runs([(0x5000, 0)]) == []
+    assert page_runs([(0x3001, 1), (0x1000, 0x1000), (0x2fff, 2)]) == [(0x1000, 0x4000)]
+    assert page_runs([(0x9000, 0x10), (0x1000, 0x1001)]) == [(0x1000, 0x3000), (0x9000, 0xA000)]
