@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="The 3.x lguest host (/dev/lguest) in Python: CUSE through libfuse3, Guests on Unicorn",
     packages=find_packages(include=["cuse_lguest", "cuse_lguest.*"]),
-    package_data={"cuse_lguest.udev": ["*.rules"]},
+    package_data={"cuse_lguest.udev": ["*.rules"], "cuse_lguest.systemd": ["*.service"]},
     python_requires=">=3.11",
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15", "unicorn==2.1.4", "psutil>=5.9", "pyelftools>=0.29"],

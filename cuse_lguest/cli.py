@@ -15,6 +15,7 @@ SUBCOMMANDS = {
                                      "(foreground)"),
     "demo": ("cuse_lguest.demo", "start the service and boot the demo guest (through FUSE, or inside a VM, "
                                    "if this host has no /dev/cuse)"),
+    "install": ("cuse_lguest.install", "install /dev/lguest as a systemd service and start it (--uninstall undoes it)"),
     "doctor": ("cuse_lguest.doctor", "check this machine and the installation, and say what to fix"),
     "stat": ("cuse_lguest.statview", "show the running service's guests' exits, live (like kvm_stat)"),
 }

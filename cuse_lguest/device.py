@@ -167,6 +167,12 @@ class Device:
     def __len__(self) -> int:
         return len(self._files)
 
+    def guests_alive(self) -> int:
+        """Open files whose Guest was created and has not died: the service's status line."""
+        with self._lock:
+            files = list(self._files.values())
+        return sum(1 for f in files if f.guest is not None and f.guest.death is None)
+
     # ------------------------------------------------------------------ write
     def write(self, tid: int, fh: int, offset: int, data: bytes) -> int:
         """Serve one request.  Returns the count for the launcher (>= 0) or -errno."""

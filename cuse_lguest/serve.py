@@ -14,6 +14,11 @@ the mode and group itself, with the udev rule's defaults.
 Both signals are blocked in every thread and taken with sigtimedwait() on the
 main thread, so libfuse's worker threads never see them and the shutdown
 runs as ordinary code rather than inside a signal handler.
+
+Under systemd (`Type=notify`) the service says READY=1 once the node can be
+opened, keeps a STATUS= line with the number of guests alive, and says
+STOPPING=1 when it shuts down; elsewhere those messages are not sent.  Where
+/dev is a container's tmpfs, it makes the node itself (cuse_lguest.node).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import signal
 import sys
 
 from cuse_lguest import transports, udev
+from cuse_lguest.node import Node
+from cuse_lguest.sdnotify import Notifier
 
 EXIT_UNAVAILABLE = 2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -179,12 +186,27 @@ def _serve(args: argparse.Namespace, device, fd: int, attrs, path: str) -> int:
     # Guests still run on a stock Unicorn, only slower: say so once, plainly.
     from cuse_lguest import unicorn_build
     unicorn_build.warn_if_stock(log)
+    # "Ready" means the node can be opened.  A FUSE node is the mount itself, usable once
+    # FUSE_INIT is answered; a CUSE node is made by the kernel (or, in a container, by
+    # cuse_lguest.node).  Over a test socketpair there is no kernel: registered is ready.
+    cuse_node = Node(args.name) if args.socket_fd is None and attrs is None else None
+    notifier = Notifier()
+    ready = False
     while not server.finished.is_set():
         sig = signal.sigtimedwait(_STOP_SIGNALS, 0.25)
         if sig is not None:
             log.info("%s: shutting down", signal.Signals(sig.si_signo).name)
             break
+        if not ready and server.registered.is_set() and (cuse_node is None or cuse_node.poll()):
+            ready = True
+            log.info("ready: %s can be opened", path)
+            notifier.send(READY="1")
+        if ready:
+            notifier.status(f"serving {path}: {device.guests_alive()} guests alive")
+    notifier.send(STOPPING="1", STATUS="shutting down: ending every guest")
     result = server.shutdown()
+    if cuse_node is not None:
+        cuse_node.remove()
     if result != 0:
         log.error("the %s session ended with error %d", server.transport, result)
         return 1

@@ -35,6 +35,23 @@ def rule(group: str = DEFAULT_GROUP, mode: str = DEFAULT_MODE) -> str:
     return text.replace(f'MODE="{DEFAULT_MODE}"', f'MODE="{mode}"')
 
 
+def permissions(name: str = "lguest", rules_dir: pathlib.Path = RULES_DIR) -> tuple[str, int]:
+    """(group, mode) the rule in force gives /dev/NAME: the installed copy, else the shipped one.
+
+    Used where no udev runs (a container's /dev) and the service makes the
+    node itself, so the node gets the permissions udev would have given it.
+    """
+    installed = rules_dir / RULE_FILE.name
+    text = installed.read_text() if installed.is_file() else RULE_FILE.read_text()
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or f'KERNEL=="{name}"' not in line:
+            continue
+        group = re.search(r'GROUP="([^"]*)"', line)
+        mode = re.search(r'MODE="([0-7]+)"', line)
+        return (group.group(1) if group else "root", int(mode.group(1), 8) if mode else 0o600)
+    return ("root", 0o600)
+
+
 def install(text: str, rules_dir: pathlib.Path = RULES_DIR) -> pathlib.Path:
     """Write the rule where udev reads it; the caller reloads udev."""
     rules_dir.mkdir(parents=True, exist_ok=True)

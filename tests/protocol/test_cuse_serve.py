@@ -143,3 +143,27 @@ def test_serve_warns_once_on_a_stock_unicorn():
     err = _serve_log(dict(ENV, LIBUNICORN_PATH=str(STOCK_LIBRARY)))
     assert err.count("is the stock build") == 1, err
     assert "10x slower" in err and "bootstrap" in err
+
+
+def test_under_systemd_serve_says_ready_counts_guests_and_says_stopping(tmp_path):
+    """NOTIFY_SOCKET set: READY=1 after CUSE_INIT, STATUS= follows the guests, STOPPING=1 on SIGTERM."""
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    manager.settimeout(10)
+    try:
+        s = RunningServe(dict(ENV, NOTIFY_SOCKET=str(tmp_path / "notify")))
+        messages = [manager.recv(4096).decode()]
+        assert messages[0].startswith("READY=1\n"), messages
+        while "0 guests alive" not in messages[-1]:
+            messages.append(manager.recv(4096).decode())
+        fh = s.peer.open()
+        assert s.peer.write_result(s.peer.write(fh, words(0, 0x7F0000000000, 256, 0x100000))) == 24
+        while "1 guests alive" not in messages[-1]:
+            messages.append(manager.recv(4096).decode())
+        s.proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages[-1]:
+            messages.append(manager.recv(4096).decode())
+        rc, err = s.finish()
+        assert rc == 0, err
+    finally:
+        manager.close()
