@@ -33,11 +33,42 @@ def hidden_in_vm(path: pathlib.Path) -> bool:
     return any(path == d or d in path.parents for d in TMPFS_DIRS)
 EXIT_UNREPORTED = 125
 
-_BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
-_APPLETS = ("sh", "mount", "umount", "mkdir", "insmod", "switch_root", "poweroff", "cat", "cp")
+_BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+_APPLETS = ("sh", "mount", "umount", "mkdir", "insmod", "switch_root", "poweroff", "cat", "cp", "ln")
+
+# Under systemd the job is a service of its own target; stage 2 is the same script.
+SYSTEMD_TARGET = "vm-job.target"
+SYSTEMD_UNITS = {
+    SYSTEMD_TARGET: """[Unit]
+Description=the VM tier's job
+Requires=vm-job.service
+After=vm-job.service
+AllowIsolate=yes
+""",
+    "vm-job.service": """[Unit]
+Description=the VM tier's job, then power off
+After=basic.target systemd-udevd.service systemd-udev-trigger.service
+Wants=systemd-udevd.service
+
+[Service]
+Type=simple
+ExecStart=/bin/sh /run/vm/stage2
+StandardInput=null
+TimeoutStartSec=infinity
+""",
+}
+# Units that make no sense in this VM: no disks, no network, nothing persistent.
+SYSTEMD_MASKED = ("systemd-remount-fs.service", "systemd-firstboot.service", "systemd-journal-flush.service",
+                  "systemd-random-seed.service", "systemd-update-utmp.service", "e2scrub_reap.service",
+                  "ldconfig.service", "systemd-hwdb-update.service", "systemd-journal-catalog-update.service",
+                  "systemd-timesyncd.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+                  "man-db.timer", "e2scrub_all.timer", "fstrim.timer", "systemd-tmpfiles-clean.timer",
+                  "proc-sys-fs-binfmt_misc.automount", "systemd-binfmt.service",
+                  "systemd-pstore.service", "dpkg-db-backup.timer")
 
 STAGE1 = f"""#!/bin/sh
-# Stage 1: bring up the shared host root, then hand over to its /bin/sh.
+# Stage 1: bring up the shared host root, then hand over to its /bin/sh
+# (or, when the job asks for it, to systemd as PID 1).
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -45,7 +76,18 @@ mount -t devtmpfs devtmpfs /dev
 fail() {{ echo "vm-stage1: $*" >/dev/ttyS0; echo {EXIT_UNREPORTED} >/dev/ttyS2; poweroff -f; }}
 for m in /modules/*; do insmod "$m" || echo "vm-stage1: insmod $m failed" >/dev/ttyS0; done
 R=/newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose {ROOT_TAG} $R || fail "cannot mount the host root"
+HOSTROOT="-t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose {ROOT_TAG}"
+if [ -s /job/init ]; then
+    # systemd as PID 1 writes all over /etc, /var and /run: the read-only host
+    # root becomes the lower layer of an overlay whose upper layer is a tmpfs.
+    mkdir -p /lower /rw
+    mount $HOSTROOT /lower || fail "cannot mount the host root"
+    mount -t tmpfs rw /rw
+    mkdir -p /rw/upper /rw/work
+    mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work $R || fail "cannot mount the overlay root"
+else
+    mount $HOSTROOT $R || fail "cannot mount the host root"
+fi
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
@@ -69,8 +111,16 @@ fi
 mkdir -p $R/run/vm
 cp /stage2 /job/cmd $R/run/vm/
 umount /proc /sys /dev
+if [ -s /job/init ]; then
+    # The host's fstab names disks this VM does not have.
+    : > $R/etc/fstab
+    cp /systemd/* $R/etc/systemd/system/
+    for u in {" ".join(SYSTEMD_MASKED)}; do ln -sf /dev/null "$R/etc/systemd/system/$u"; done
+    exec switch_root $R /lib/systemd/systemd --unit={SYSTEMD_TARGET}
+fi
 exec switch_root $R /bin/sh /run/vm/stage2
 """
+
 
 STAGE2 = """# Stage 2: PID 1 is the host's /bin/sh on the shared root.
 exec 3>/dev/ttyS1
@@ -111,12 +161,14 @@ def base_image(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
     busybox = _busybox()
     modules = _boot_modules(version)
     key = hashlib.sha256("\0".join(
-        [version, STAGE1, STAGE2, str(busybox.stat().st_mtime_ns)] + [str(m) for m in modules]
+        [version, STAGE1, STAGE2, str(busybox.stat().st_mtime_ns), *SYSTEMD_UNITS.values()]
+        + [str(m) for m in modules]
     ).encode()).hexdigest()[:12]
     path = cache_dir / f"base-{version}-{key}.cpio"
     if path.exists():
         return path
-    entries = [cpio.directory(d) for d in ("bin", "modules", "proc", "sys", "dev", "newroot", "job")]
+    entries = [cpio.directory(d) for d in ("bin", "modules", "proc", "sys", "dev", "newroot", "job", "systemd")]
+    entries += [cpio.regular(f"systemd/{name}", text.encode()) for name, text in SYSTEMD_UNITS.items()]
     entries.append(cpio.regular("bin/busybox", busybox.read_bytes(), 0o755))
     entries += [cpio.symlink(f"bin/{a}", "busybox") for a in _APPLETS]
     entries += [cpio.regular(f"modules/{i:02d}-{m.name}", m.read_bytes())
@@ -130,9 +182,12 @@ def base_image(version: str, cache_dir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def job_archive(script: str, scratch: pathlib.Path | None, project: pathlib.Path | None) -> bytes:
-    """The per-run archive: the job script, and where to mount the scratch and project shares."""
+def job_archive(script: str, scratch: pathlib.Path | None, project: pathlib.Path | None,
+                init: str = "sh") -> bytes:
+    """The per-run archive: the job script, where to mount the scratch and project shares, which init."""
     entries = [cpio.directory("job"), cpio.regular("job/cmd", script.encode(), 0o755)]
+    if init == "systemd":
+        entries.append(cpio.regular("job/init", b"systemd"))
     if scratch is not None:
         entries.append(cpio.regular("job/scratch", str(scratch).encode()))
     if project is not None:

@@ -36,6 +36,9 @@ class VMOptions:
     kernel_version: str | None = None
     cache_dir: pathlib.Path = DEFAULT_CACHE
     append: str = ""
+    # "sh": the job is stage 2 of a bare /bin/sh PID 1 (fast).  "systemd": PID 1
+    # is the host's systemd on an overlay root, and the job is a service.
+    init: str = "sh"
 
 
 @dataclasses.dataclass
@@ -126,7 +129,8 @@ def run(command: str, opts: VMOptions = VMOptions(),
     script = job.script(command, opts.modules, job.environment(opts.env), opts.cwd)
     (run_dir / "job.sh").write_text(script)
     initrd = run_dir / "initrd.cpio"
-    initrd.write_bytes(base.read_bytes() + initramfs.job_archive(script, opts.scratch, _project_share()))
+    initrd.write_bytes(base.read_bytes() + initramfs.job_archive(script, opts.scratch, _project_share(),
+                                                                          opts.init))
 
     lines: list[str] = []
     start = time.monotonic()

@@ -10,6 +10,11 @@ in a fresh directory (never /dev/lguest), no VM.  Each test then asserts on
 its own scenario's observations, so failures are reported per scenario, and
 a run that hangs or dies names the scenario it was in.  Scenarios whose
 pieces do not exist yet are skipped with the reason.
+
+Two more VM boots, each made only if a selected test needs it, and through
+CUSE only (BOOTS): systemd as PID 1 for the unit and `cuse-lguest install`
+(systemd_driver.py), and privileged OCI containers (container_driver.py).
+Their tests take the `booted_scenario` fixture.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import sys
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -36,9 +42,27 @@ MARKER = "kernel_scenario"
 TRANSPORTS = ("cuse", "fuse")
 
 
+@dataclasses.dataclass(frozen=True)
+class Boot:
+    """A VM boot of its own: its driver, its PID 1, the modules loaded before the driver."""
+    driver: pathlib.Path
+    init: str
+    modules: tuple[str, ...]
+
+
+BOOTS = {
+    # `cuse-lguest install` must load cuse itself.
+    "systemd_scenario": Boot(HERE / "systemd_driver.py", "systemd", ()),
+    # systemd as PID 1 for cgroup v2, which the OCI runtime needs.
+    "container_scenario": Boot(HERE / "container_driver.py", "systemd", ("cuse",)),
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{MARKER}(name): the kernel-tier scenario this test asserts on "
                                        "('{bits}' is filled from the test's parameters)")
+    for marker, boot in BOOTS.items():
+        config.addinivalue_line("markers", f"{marker}(name): the scenario of {boot.driver.name}'s VM boot")
     config.addinivalue_line("markers", "transports(*names): only through these transports "
                                        f"(default: {', '.join(TRANSPORTS)})")
 
@@ -67,8 +91,8 @@ def transport(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def scenario_name(item: pytest.Item) -> str | None:
-    mark = item.get_closest_marker(MARKER)
+def scenario_name(item: pytest.Item, marker: str = MARKER) -> str | None:
+    mark = item.get_closest_marker(marker)
     if mark is None:
         return None
     params = getattr(getattr(item, "callspec", None), "params", {})
@@ -186,6 +210,29 @@ def _run_on_host(command: list[str], node: pathlib.Path, progress) -> HostRun:
     return HostRun(proc.returncode, "".join(lines), timed_out=proc.returncode == -signal.SIGKILL)
 
 
+def _progress(request: pytest.FixtureRequest, label: str) -> Callable[[str], None]:
+    """Progress goes to the terminal, past output capture: a long silent run is hard to trust."""
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def progress(line: str) -> None:
+        if terminal is None or capture is None or not line.startswith("KTEST"):
+            return
+        with capture.global_and_fixture_disabled():
+            terminal.ensure_newline()
+            terminal.write(f"kernel tier ({label}): {line.rstrip()}\n", flush=True)
+    return progress
+
+
+def _records(results: pathlib.Path) -> dict[str, dict]:
+    records: dict[str, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            rec = json.loads(line)
+            records[rec["name"]] = rec
+    return records
+
+
 @pytest.fixture(scope="session")
 def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pathlib.Path,
                tmp_path_factory: pytest.TempPathFactory) -> KernelRun:
@@ -202,17 +249,7 @@ def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pat
     scratch = tmp_path_factory.mktemp(f"kernel-tier-{transport}")
     results = scratch / "results.jsonl"
     command = [sys.executable, str(DRIVER), "--results", str(results), "--transport", transport]
-    # Progress goes to the terminal, past output capture: a long silent run is hard to trust.
-    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def progress(line: str) -> None:
-        if terminal is None or capture is None or not line.startswith("KTEST"):
-            return
-        with capture.global_and_fixture_disabled():
-            terminal.ensure_newline()
-            terminal.write(f"kernel tier ({transport}): {line.rstrip()}\n", flush=True)
-
+    progress = _progress(request, transport)
     if transport == "cuse":
         command_line = " ".join(command + ["--only", *wanted])
         result = vm.run(command_line, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT), on_line=progress)
@@ -226,11 +263,7 @@ def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pat
             result = _run_on_host(command + ["--node", str(node), "--only", *wanted], node, progress)
         finally:
             shutil.rmtree(where, ignore_errors=True)
-    records: dict[str, dict] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            rec = json.loads(line)
-            records[rec["name"]] = rec
+    records = _records(results)
     run = KernelRun(transport, records, result)
     if not records and result.returncode != 0:
         pytest.fail(f"the kernel tier ({transport}) produced no results:\n{result.diagnosis()}")
@@ -243,3 +276,45 @@ def scenario(request: pytest.FixtureRequest, kernel_run: KernelRun) -> Scenario:
     name = scenario_name(request.node)
     assert name is not None, f"{request.node.nodeid} has no {MARKER} marker"
     return kernel_run.record(name)
+
+
+def _boot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, marker: str) -> KernelRun:
+    """Boot `marker`'s VM once, running the scenarios the selected tests name."""
+    if os.geteuid() != 0:
+        pytest.skip("the kernel tier needs root (9p passthrough of / and the VM's root jobs)")
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    boot = BOOTS[marker]
+    wanted = sorted({n for n in (scenario_name(i, marker) for i in request.session.items) if n})
+    scratch = tmp_path_factory.mktemp(marker.replace("_", "-"))
+    results = scratch / "results.jsonl"
+    command = f"{sys.executable} {boot.driver} --results {results} --only {' '.join(wanted)}"
+    opts = vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, init=boot.init, modules=boot.modules)
+    result = vm.run(command, opts, on_line=_progress(request, boot.driver.stem))
+    records = _records(results)
+    if not records and result.returncode != 0:
+        pytest.fail(f"the {boot.driver.stem} VM produced no results:\n{result.diagnosis()}")
+    return KernelRun("cuse", records, result)
+
+
+@pytest.fixture(scope="session")
+def boots(native_build: pathlib.Path) -> dict[str, KernelRun | BaseException]:
+    """Boot marker -> its results (or why it failed), each booted the first time a test needs it."""
+    return {}
+
+
+@pytest.fixture
+def booted_scenario(request: pytest.FixtureRequest, boots: dict[str, KernelRun | BaseException],
+                    tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """The observations of the scenario named by this test's systemd_ or container_scenario marker."""
+    marker = next((m for m in BOOTS if request.node.get_closest_marker(m)), None)
+    assert marker is not None, f"{request.node.nodeid} has none of the markers {', '.join(BOOTS)}"
+    if marker not in boots:
+        try:
+            boots[marker] = _boot(request, tmp_path_factory, marker)
+        except BaseException as outcome:   # a skip or failure is the same for every test: boot once
+            boots[marker] = outcome
+    run = boots[marker]
+    if isinstance(run, BaseException):
+        raise run
+    return run.record(scenario_name(request.node, marker))

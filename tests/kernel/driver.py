@@ -462,15 +462,39 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     return out
 
 
-def main() -> int:
-    global NODE, TRANSPORT, SCRATCH
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=pathlib.Path, required=True, help="append one JSON per scenario here")
     p.add_argument("--only", nargs="*", default=None, help="run only these scenarios")
     p.add_argument("--transport", choices=("cuse", "fuse"), default="cuse",
                    help="cuse: inside the VM, /dev/lguest; fuse: on the host, a FUSE mount at --node")
     p.add_argument("--node", type=pathlib.Path, default=NODE, help="the node to serve and open")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run_scenario(name: str, scenario: Callable[[], dict], results: pathlib.Path,
+                 log_size: Callable[[], int], log_text: Callable[[int], str]) -> None:
+    """Run one scenario under the output protocol; the service log covers its span only."""
+    print(f"KTEST BEGIN {name}", flush=True)
+    mark = log_size()
+    start = time.monotonic()
+    record: dict = {"name": name}
+    try:
+        record.update(status="ran", facts=scenario())
+    except Blocked as e:
+        record.update(status="blocked", reason=str(e))
+    except Exception:
+        record.update(status="error", reason=traceback.format_exc())
+    record["elapsed"] = round(time.monotonic() - start, 3)
+    record["server_log"] = log_text(mark)[-20000:]
+    with results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"KTEST END {name} {record['status']} {record['elapsed']}s", flush=True)
+
+
+def main() -> int:
+    global NODE, TRANSPORT, SCRATCH
+    args = arguments()
     NODE = args.node
     TRANSPORT, SCRATCH = args.transport, args.results.parent
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -478,23 +502,8 @@ def main() -> int:
     print(f"KTEST {TRANSPORT} kernel {os.uname().release}, uptime "
           f"{open('/proc/uptime').read().split()[0]} s", flush=True)
     for name, scenario in scenarios():
-        if args.only is not None and name not in args.only:
-            continue
-        print(f"KTEST BEGIN {name}", flush=True)
-        mark = server.log_size()
-        start = time.monotonic()
-        record: dict = {"name": name}
-        try:
-            record.update(status="ran", facts=scenario(server))
-        except Blocked as e:
-            record.update(status="blocked", reason=str(e))
-        except Exception:
-            record.update(status="error", reason=traceback.format_exc())
-        record["elapsed"] = round(time.monotonic() - start, 3)
-        record["server_log"] = server.log_text(mark)[-20000:]
-        with args.results.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"KTEST END {name} {record['status']} {record['elapsed']}s", flush=True)
+        if args.only is None or name in args.only:
+            run_scenario(name, lambda: scenario(server), args.results, server.log_size, server.log_text)
     server.stop()
     print("KTEST server log follows", flush=True)
     print(_tail(server.log_text(), 200), flush=True)
