@@ -217,6 +217,11 @@ class Device:
             try:
                 pid = procs.tgid_of(tid)
             except ProcessLookupError:
+                if tid == 0:
+                    # FUSE names callers by their pid in the service's PID namespace.
+                    log.warning("INITIALIZE refused: the caller is outside the service's PID namespace "
+                                "(a launcher in another container must share the service's, "
+                                "e.g. docker run --pid container:NAME)")
                 return -errno.ESRCH
             word = self._caller_word_size(pid)
             if word is None:
