@@ -8,6 +8,10 @@ recorded in a manifest, so `--uninstall` undoes exactly that: it stops and
 disables the unit, deletes the files it created, puts back the previous
 content of files it replaced, and unloads `cuse` only if install loaded it.
 
+`--transport` picks what the service serves through: CUSE (the kernel's
+character device) wherever `cuse` loads, else FUSE (a mount over
+/dev/lguest; see cuse_lguest.systemd for what that changes in the unit).
+
 `--root DIR` writes the files under DIR and runs nothing (no modprobe, udev
 or systemctl): for building an image, and for the tests.
 """
@@ -26,7 +30,6 @@ UNIT_PATH = pathlib.Path("etc/systemd/system") / systemd.UNIT_NAME
 RULE_PATH = pathlib.Path("etc/udev/rules.d") / udev.RULE_FILE.name
 MODULES_PATH = pathlib.Path("etc/modules-load.d/cuse-lguest.conf")
 MANIFEST = pathlib.Path("var/lib/cuse-lguest/installed.json")
-MODULE = "cuse"
 PROC_MODULES = pathlib.Path("/proc/modules")
 
 
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uninstall", action="store_true", help="undo what `install` did")
     parser.add_argument("--group", default=udev.DEFAULT_GROUP,
                         help=f"group allowed to open /dev/lguest (default {udev.DEFAULT_GROUP})")
+    parser.add_argument("--transport", choices=("auto", "cuse", "fuse"), default="auto",
+                        help="cuse, fuse, or auto (default): cuse if the module loads, else fuse")
     parser.add_argument("--root", type=pathlib.Path, default=None, metavar="DIR",
                         help="write the files under DIR and run nothing (image building, tests)")
 
@@ -42,12 +47,12 @@ def _say(text: str) -> None:
     print(f"cuse-lguest install: {text}", file=sys.stderr)
 
 
-def planned_files(group: str = udev.DEFAULT_GROUP) -> dict[pathlib.Path, str]:
+def planned_files(group: str = udev.DEFAULT_GROUP, transport: str = "cuse") -> dict[pathlib.Path, str]:
     """Every file install writes, relative to the root, with its content."""
     return {
-        UNIT_PATH: systemd.render(),
+        UNIT_PATH: systemd.render(transport=transport),
         RULE_PATH: udev.rule(group),
-        MODULES_PATH: f"# written by `cuse-lguest install`: CUSE serves /dev/lguest\n{MODULE}\n",
+        MODULES_PATH: f"# written by `cuse-lguest install`: {transport.upper()} serves /dev/lguest\n{transport}\n",
     }
 
 
@@ -112,11 +117,30 @@ def _write_manifest(root: pathlib.Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _module_listed() -> bool:
+def _module_listed(module: str) -> bool:
     try:
-        return any(line.split()[0] == MODULE for line in PROC_MODULES.read_text().splitlines())
+        return any(line.split()[0] == module for line in PROC_MODULES.read_text().splitlines())
     except OSError:
         return False
+
+
+def _load(module: str) -> bool | None:
+    """modprobe `module`: None if it failed, else whether this call loaded it."""
+    if _module_listed(module):
+        return False
+    if subprocess.run(["modprobe", module], capture_output=True).returncode != 0:
+        return None
+    return _module_listed(module)
+
+
+def _choose_transport(wanted: str) -> tuple[str, bool] | None:
+    """The transport to install and whether its module was loaded here; None if there is none."""
+    for transport in (("cuse", "fuse") if wanted == "auto" else (wanted,)):
+        loaded = _load(transport)
+        if loaded is not None and pathlib.Path(f"/dev/{transport}").exists():
+            return transport, loaded
+        _say(f"'modprobe {transport}' failed or /dev/{transport} is missing")
+    return None
 
 
 def _run(*cmd: str) -> bool:
@@ -126,23 +150,27 @@ def _run(*cmd: str) -> bool:
     return done.returncode == 0
 
 
-def install(root: pathlib.Path, group: str, live: bool) -> int:
-    manifest = write_files(root, planned_files(group))
+def install(root: pathlib.Path, group: str, wanted: str, live: bool) -> int:
+    transport, loaded = "fuse" if wanted == "fuse" else "cuse", False
+    if live:
+        chosen = _choose_transport(wanted)
+        if chosen is None:
+            return 1
+        transport, loaded = chosen
+    manifest = write_files(root, planned_files(group, transport))
+    if loaded:
+        manifest["module_loaded"] = transport
     _write_manifest(root, manifest)
     if not live:
         return 0
-    if not _module_listed():
-        if not _run("modprobe", MODULE):
-            return 1
-        manifest["module_loaded"] = _module_listed()
-        _write_manifest(root, manifest)
     _run("udevadm", "control", "--reload")
     if not _run("systemctl", "daemon-reload"):
         return 1
     # Type=notify: this returns once the service said READY=1 (the node can be opened).
     if not _run("systemctl", "enable", "--now", systemd.UNIT_NAME):
         return 1
-    _say(f"{systemd.UNIT_NAME} is running; `systemctl status {systemd.UNIT_NAME}` shows its guests")
+    _say(f"{systemd.UNIT_NAME} is running through {transport.upper()}; "
+         f"`systemctl status {systemd.UNIT_NAME}` shows its guests")
     return 0
 
 
@@ -159,9 +187,10 @@ def uninstall(root: pathlib.Path, live: bool) -> int:
     if live:
         ok = _run("systemctl", "daemon-reload") and ok
         _run("udevadm", "control", "--reload")
-        if manifest.get("module_loaded") and _module_listed():
-            # Refused while something still holds /dev/cuse: then it stays loaded.
-            _run("modprobe", "-r", MODULE)
+        module = manifest.get("module_loaded")
+        if module and _module_listed(module):
+            # Refused while something still holds the device: then it stays loaded.
+            _run("modprobe", "-r", module)
     return 0 if ok else 1
 
 
@@ -176,4 +205,4 @@ def run(args: argparse.Namespace) -> int:
     if live and os.geteuid() != 0:
         _say("it must run as root (it writes /etc and starts a system service).")
         return 2
-    return uninstall(root, live) if args.uninstall else install(root, args.group, live)
+    return uninstall(root, live) if args.uninstall else install(root, args.group, args.transport, live)

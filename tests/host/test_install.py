@@ -19,7 +19,7 @@ def test_the_unit_runs_this_python_on_this_code_and_waits_for_readiness():
     unit = _unit(systemd.render(python="/opt/py/bin/python3", code_dir=pathlib.Path("/opt/src")))
     service = unit["Service"]
     assert service["Type"] == "notify"
-    assert service["ExecStart"] == "/opt/py/bin/python3 -m cuse_lguest.cli serve"
+    assert service["ExecStart"] == "/opt/py/bin/python3 -m cuse_lguest.cli serve --transport cuse"
     assert "PYTHONPATH=/opt/src" in systemd.render(python="/x/python3", code_dir=pathlib.Path("/opt/src"))
     assert service["Restart"] == "on-failure"
     assert service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
@@ -32,6 +32,17 @@ def test_the_unit_lets_the_service_see_a_checkout_in_home_or_tmp():
     assert home["Service"]["ProtectHome"] == "read-only"
     tmp = _unit(systemd.render(python="/usr/bin/python3", code_dir=pathlib.Path("/tmp/ci/src")))
     assert tmp["Service"]["PrivateTmp"] == "no"
+
+
+def test_for_fuse_the_unit_shares_the_systems_mount_namespace():
+    """A FUSE node is a mount: made in a namespace of the service's own, nobody would see it."""
+    service = _unit(systemd.render(python="/usr/bin/python3", code_dir=pathlib.Path("/opt/src"),
+                                   transport="fuse"))["Service"]
+    assert service["ExecStart"] == "/usr/bin/python3 -m cuse_lguest.cli serve --transport fuse"
+    assert service["ExecStartPre"] == "+-/sbin/modprobe fuse"
+    assert not set(service) & set(systemd.MOUNT_NAMESPACE_OPTIONS)
+    assert service["Type"] == "notify" and service["NoNewPrivileges"] == "yes"
+    assert service["DevicePolicy"] == "closed"
 
 
 def test_the_unit_allows_the_cuse_and_fuse_devices_and_nothing_else():
@@ -69,6 +80,12 @@ def test_uninstall_puts_back_a_file_install_replaced(tmp_path):
     assert rule.read_text() == "# the site's own rule\n"
     assert not (tmp_path / install.UNIT_PATH).exists()
     assert not (tmp_path / install.MANIFEST).exists()
+
+
+def test_install_for_fuse_persists_the_fuse_module(tmp_path):
+    assert cli.main(["install", "--root", str(tmp_path), "--transport", "fuse"]) == 0
+    assert (tmp_path / install.MODULES_PATH).read_text().splitlines()[-1] == "fuse"
+    assert "--transport fuse" in (tmp_path / install.UNIT_PATH).read_text()
 
 
 def test_install_refuses_a_bad_group_and_uninstall_without_install_is_a_no_op(tmp_path):

@@ -4,7 +4,8 @@
 Runs INSIDE the VM (cuse_lguest.vm with init="systemd"), as a service of
 the job's own target, with `cuse` NOT loaded: `cuse-lguest install` must do
 everything a fresh Debian machine needs.  Scenarios run in order and build
-on each other (install, then launchers, stop, restart, uninstall); like
+on each other (install, then launchers, stop, restart, uninstall, then
+the same through the FUSE transport); like
 driver.py it records observations and does not judge.
 """
 from __future__ import annotations
@@ -180,9 +181,30 @@ def uninstall() -> dict:
             "changed": sorted(k for k in set(before) & set(after) if before[k] != after[k])}
 
 
+def fuse_transport() -> dict:
+    """After the CUSE uninstall (cuse unloaded): the same unit through FUSE, a mount over /dev/lguest
+    that the rest of the system must see, then an uninstall that again leaves no trace."""
+    from cuse_lguest.cuse.fusenode import mounts_at
+    done = sh(sys.executable, "-m", "cuse_lguest.cli", "install", "--transport", "fuse", timeout=300)
+    facts = {"cuse_loaded": module_listed(), "rc": done.returncode, "stderr": done.stderr,
+             "unit": show(UNIT, "ActiveState", "StatusText"), "mounts": mounts_at(str(NODE)),
+             "node": node_facts()}
+    out = launcher_unit("lguest-hello", ["test=hello"], oneshot=True)
+    start = sh("systemctl", "start", "lguest-hello.service", timeout=300)
+    facts.update(start_rc=start.returncode, output=out.read_text() if out.exists() else "")
+    sh("systemctl", "stop", "lguest-hello.service")
+    (UNITS_DIR / "lguest-hello.service").unlink(missing_ok=True)
+    sh("systemctl", "daemon-reload")
+    gone = sh(sys.executable, "-m", "cuse_lguest.cli", "install", "--uninstall", timeout=300)
+    after, before = snapshot(), BEFORE["snapshot"]
+    facts.update(uninstall_rc=gone.returncode, mounts_after=mounts_at(str(NODE)), node_gone=not NODE.exists(),
+                 added=sorted(set(after) - set(before)), removed=sorted(set(before) - set(after)))
+    return facts
+
+
 SCENARIOS = [("systemd-install", install), ("systemd-launcher-after", launcher_after_service),
              ("systemd-stop", stop), ("systemd-restart", restart_on_failure),
-             ("systemd-uninstall", uninstall)]
+             ("systemd-uninstall", uninstall), ("systemd-fuse", fuse_transport)]
 BEFORE: dict = {}
 
 

@@ -2,7 +2,8 @@
 
 One VM boot of its own (systemd_driver.py); the scenarios build on each
 other in this order: install, a launcher unit ordered after the service,
-stop, restart after SIGKILL, uninstall.
+stop, restart after SIGKILL, uninstall, then install, a guest and uninstall
+through the FUSE transport.
 """
 from __future__ import annotations
 
@@ -62,3 +63,16 @@ def test_uninstall_removes_everything_install_added(booted_scenario):
     assert f["unit"]["LoadState"] == "not-found", booted_scenario.explain()
     assert f["node_gone"] and not f["module_after"], booted_scenario.explain()
     assert f["added"] == [] and f["removed"] == [] and f["changed"] == [], booted_scenario.explain()
+
+
+@pytest.mark.systemd_scenario("systemd-fuse")
+def test_through_fuse_the_node_is_a_mount_everyone_sees_and_uninstall_cleans_up(booted_scenario):
+    """The unit for FUSE shares the system's mount namespace: a launcher unit elsewhere opens the node."""
+    f = booted_scenario.facts
+    assert not f["cuse_loaded"] and f["rc"] == 0, booted_scenario.explain()
+    assert f["unit"]["ActiveState"] == "active", booted_scenario.explain()
+    assert f["mounts"] == ["fuse.cuse-lguest"], booted_scenario.explain()
+    assert f["node"] == {"mode": "0o660", "uid": 0, "group": "kvm"}, booted_scenario.explain()
+    assert f["start_rc"] == 0 and "tinyguest: hello PASS" in f["output"], booted_scenario.explain()
+    assert f["uninstall_rc"] == 0 and f["mounts_after"] == [] and f["node_gone"], booted_scenario.explain()
+    assert f["added"] == [] and f["removed"] == [], booted_scenario.explain()
