@@ -16,14 +16,13 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import time
 
 import driver
-from driver import GUEST, LAUNCHERS, MEM_MB, ROOT, SPIN_FOREVER, Blocked
+from driver import GUEST, LAUNCHERS, MEM_MB, ROOT, SPIN_FOREVER, Blocked, wait_until
 
 CRUN = "crun"
 WORK = pathlib.Path("/run/ctr")
@@ -138,15 +137,6 @@ class Container:
         subprocess.run([CRUN, "delete", "--force", self.name], capture_output=True)
 
 
-def wait_until(predicate, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def node_in(container: Container) -> dict | None:
     try:
         st = os.stat(container.path(NODE_IN_CONTAINER))
@@ -175,7 +165,7 @@ def service_and_launcher_in_one_container() -> dict:
     service = Container("lguest-service", privileged_spec(
         [sys.executable, "-m", "cuse_lguest.cli", "serve"], host_devices()))
     STATE["service"] = service
-    appeared = wait_until(lambda: service.init_pid() is not None and node_in(service) is not None)
+    appeared = wait_until(lambda: service.init_pid() is not None and node_in(service) is not None, WAIT)
     facts = {"dev_fstype": None, "node": node_in(service), "appeared": appeared,
              "kernel_node": os.path.exists("/dev/lguest"),
              "sysfs_dev": pathlib.Path("/sys/class/cuse/lguest/dev").read_text().strip()

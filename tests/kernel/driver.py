@@ -214,6 +214,16 @@ class Launch:
                 "elapsed": round(time.monotonic() - self.started, 3), "output": self.output}
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
 def _reap_orphans() -> None:
     """Reap launcher helpers that were re-parented to us (we are their subreaper)."""
     while True:

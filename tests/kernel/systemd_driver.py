@@ -11,15 +11,13 @@ driver.py it records observations and does not judge.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import driver
-from driver import GUEST, LAUNCHERS, MEM_MB, NODE, SPIN_FOREVER, Blocked
+from driver import GUEST, LAUNCHERS, MEM_MB, NODE, SPIN_FOREVER, Blocked, wait_until
 
 UNIT = "cuse-lguest.service"
 UNITS_DIR = pathlib.Path("/etc/systemd/system")
@@ -58,15 +56,6 @@ def snapshot() -> dict[str, str]:
 
 def module_listed(name: str = "cuse") -> bool:
     return any(line.split()[0] == name for line in open("/proc/modules"))
-
-
-def wait_until(predicate, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def launcher_unit(name: str, guest_args: list[str], oneshot: bool) -> pathlib.Path:
@@ -127,7 +116,7 @@ def launcher_after_service() -> dict:
     # A guest that keeps running: the service's status line must count it.
     spin = launcher_unit("lguest-spin", SPIN_FOREVER, oneshot=False)
     sh("systemctl", "start", "lguest-spin.service")
-    facts["spin_ready"] = wait_until(lambda: spin.exists() and "spin ready" in spin.read_text())
+    facts["spin_ready"] = wait_until(lambda: spin.exists() and "spin ready" in spin.read_text(), WAIT)
     wait_until(lambda: "1 guests alive" in show(UNIT, "StatusText")["StatusText"], 10)
     facts["status_with_spin"] = show(UNIT, "StatusText")["StatusText"]
     return facts
@@ -154,7 +143,7 @@ def restart_on_failure() -> dict:
     pid = int(before["MainPID"])
     os.kill(pid, 9)
     restarted = wait_until(lambda: show(UNIT, "MainPID")["MainPID"] not in ("0", str(pid))
-                           and show(UNIT, "ActiveState")["ActiveState"] == "active")
+                           and show(UNIT, "ActiveState")["ActiveState"] == "active", WAIT)
     after = show(UNIT, "MainPID", "NRestarts", "ActiveState", "Result")
     wait_until(lambda: NODE.exists(), 10)
     sh("udevadm", "settle", "-t", "20")
