@@ -24,6 +24,7 @@ def test_the_unit_runs_this_python_on_this_code_and_waits_for_readiness():
     assert service["Restart"] == "on-failure"
     assert service["ProtectSystem"] == "strict" and service["PrivateTmp"] == "yes"
     assert service["ProtectHome"] == "yes"
+    assert service["RuntimeDirectory"] == "cuse-lguest"   # exit stats, writable under ProtectSystem=strict
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 
 

@@ -119,6 +119,9 @@ def launcher_after_service() -> dict:
     facts["spin_ready"] = wait_until(lambda: spin.exists() and "spin ready" in spin.read_text(), WAIT)
     wait_until(lambda: "1 guests alive" in show(UNIT, "StatusText")["StatusText"], 10)
     facts["status_with_spin"] = show(UNIT, "StatusText")["StatusText"]
+    # `cuse-lguest stat` reads the running guests' counters from here.
+    stats = pathlib.Path("/run/cuse-lguest/guests")
+    facts["stats_files"] = sorted(os.listdir(stats)) if stats.is_dir() else None
     return facts
 
 

@@ -35,6 +35,7 @@ def test_a_launcher_unit_after_the_service_runs_a_guest(booted_scenario):
     assert f["service_after"]["ActiveState"] == "active", booted_scenario.explain()
     assert f["spin_ready"], booted_scenario.explain()
     assert f["status_with_spin"] == "serving /dev/lguest: 1 guests alive", booted_scenario.explain()
+    assert f["stats_files"], booted_scenario.explain()   # the sandbox leaves /run/cuse-lguest writable
 
 
 @pytest.mark.systemd_scenario("systemd-stop")
