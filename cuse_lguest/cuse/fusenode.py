@@ -14,6 +14,13 @@ A service killed with SIGKILL leaves its mount behind: the connection is
 gone, so stat() on the node fails with ENOTCONN.  prepare() recognises such
 a stale mount (and only ours, by its filesystem type) and detaches it before
 mounting afresh; a live one means another service is serving the node.
+
+Root mounts, unmounts and deletes at a path, so nobody else may be able to
+change what that path names: the node's directory, and every directory above
+it, must be root's (only_root_can_change).  In a directory a user may write,
+a symlink planted at the node name would have us mount over a file of their
+choosing, and one swapped in while we serve would have us detach any mount
+at shutdown.  The node itself is never followed if it is a symlink.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ FSTYPE = "fuse.cuse-lguest"       # "fuse.<subtype>": how mountinfo tells our mo
 SOURCE = "cuse-lguest"
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
 _MAX_STACKED = 16                 # stale mounts detached before giving up
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,9 +84,41 @@ def is_served(path: str | os.PathLike) -> bool:
     return FSTYPE in mounts_at(where)
 
 
+def only_root_can_change(directory: str) -> str | None:
+    """Why a user other than root could change what a name in `directory` (absolute,
+    without symlinks) refers to, or None if nobody but root can.
+
+    Each directory from / down is opened without following symlinks and must
+    belong to root.  `directory` itself must be writable by root alone; one
+    above it may also be sticky and writable by all (/tmp), since others then
+    cannot rename or remove the root-owned directory below it.
+    """
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        where = "/"
+        for name in [p for p in directory.split("/") if p] + [None]:
+            st = os.fstat(fd)
+            last = name is None
+            if st.st_uid != 0:
+                return f"{where} belongs to uid {st.st_uid}"
+            if st.st_mode & 0o022 and (last or not st.st_mode & stat.S_ISVTX):
+                return f"{where} is writable by {'everyone' if st.st_mode & 0o002 else 'its group'}"
+            if last:
+                return None
+            try:
+                nxt = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                return f"{os.path.join(where, name)} cannot be opened as a directory ({e.strerror})"
+            os.close(fd)
+            fd, where = nxt, os.path.join(where, name)
+    finally:
+        os.close(fd)
+    return None
+
+
 def _umount(path: str) -> int:
-    """Detach the top mount at `path`; 0 or the errno."""
-    if _libc.umount2(os.fsencode(path), _MNT_DETACH) == 0:
+    """Detach the top mount at `path` (never a symlink's target); 0 or the errno."""
+    if _libc.umount2(os.fsencode(path), _MNT_DETACH | _UMOUNT_NOFOLLOW) == 0:
         return 0
     return ctypes.get_errno()
 
@@ -92,9 +132,10 @@ class FuseNode:
         self.mounted = False
 
     def _state(self) -> str:
-        """'missing', 'stale' (a dead FUSE mount), or the file type ('file', 'chardev', ...)."""
+        """'missing', 'stale' (a dead FUSE mount), or the file type ('file', 'chardev', ...);
+        a symlink is 'other', never followed."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return "missing"
         except OSError as e:
@@ -109,6 +150,10 @@ class FuseNode:
 
     def prepare(self) -> None:
         """Detach stale mounts of ours, refuse a live one, leave an empty regular file at the path."""
+        why = only_root_can_change(os.path.dirname(self.path))
+        if why:
+            raise TransportUnavailable(f"{self.path} is in a directory that users other than root can "
+                                       f"change ({why}); serve it where only root can write, like /dev.")
         for _ in range(_MAX_STACKED):
             state = self._state()
             ours = FSTYPE in mounts_at(self.path)
@@ -134,7 +179,7 @@ class FuseNode:
         elif state == "chardev":
             raise TransportUnavailable(f"{self.path} is a character device already (a CUSE or kernel "
                                        "lguest); stop what serves it, or choose another --node.")
-        elif state != "file" or os.stat(self.path).st_size != 0:
+        elif state != "file" or os.lstat(self.path).st_size != 0:
             raise TransportUnavailable(f"{self.path} exists and is not an empty regular file; "
                                        "remove it, or choose another --node.")
 
