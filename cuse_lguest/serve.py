@@ -194,7 +194,9 @@ def _serve(args: argparse.Namespace, device, fd: int, attrs, path: str) -> int:
     ready = False
     while not server.finished.is_set():
         sig = signal.sigtimedwait(_STOP_SIGNALS, 0.25)
-        if sig is not None:
+        # CPython 3.11 answers a wait that a stop and continue (SIGSTOP, a cgroup
+        # freeze) cut short past its timeout with an uninitialised siginfo, not None.
+        if sig is not None and sig.si_signo in _STOP_SIGNALS:
             log.info("%s: shutting down", signal.Signals(sig.si_signo).name)
             break
         if not ready and server.registered.is_set() and (cuse_node is None or cuse_node.poll()):
