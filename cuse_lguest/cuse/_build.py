@@ -31,6 +31,12 @@ Why a little C lives here instead of Python:
   unchanged, so each errno stays the device's.  The table is read and changed
   under one mutex, so once cl_shortcut_remove returns no worker still calls
   into the line it named; the server removes a file's entry before releasing it.
+* INIT turns off async direct I/O and async reads: through FUSE an
+  O_DIRECT io_submit() or io_uring write would otherwise reach us after its
+  submitting thread went on (or exited), and the thread id in the request,
+  which the device maps to the caller's process, could by then name another
+  process (a recycled id).  Sent synchronously, the caller waits in the
+  kernel until we answer, so its id stays its own.  CUSE is always synchronous.
 * ioctl is answered ENOTTY in C: the 3.x lguest device had no ioctl, and a
   character device without one answers ENOTTY.  poll stays unset, so libfuse
   answers ENOSYS and the kernel falls back to the default poll mask, which
@@ -338,6 +344,13 @@ static void cl_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->max_write > l->max_write)
         conn->max_write = l->max_write;
     l->max_write = conn->max_write;
+    /* Every request must come from a thread that waits for its answer: the
+     * device maps the header's thread id to a process (INITIALIZE's memory,
+     * LHREQ_EVENTFD's fd).  Async direct I/O (an O_DIRECT io_submit or
+     * io_uring write) and async reads are sent in the background while the
+     * submitter goes on, and may exit, so its id could name another process
+     * by the time we look.  Without these the kernel sends them synchronously. */
+    conn->want &= ~(FUSE_CAP_ASYNC_DIO | FUSE_CAP_ASYNC_READ);
 }
 
 int cl_shortcut_add(struct cl_link *l, uint64_t fh, unsigned word, uint64_t request,
