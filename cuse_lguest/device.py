@@ -237,6 +237,10 @@ class Device:
                 return -errno.EINVAL
             _, base, pfnlimit, start = struct.unpack("<4" + _WORD_FORMAT[word][1], data)
             name = procs.describe(pid)
+            if start >> 32:
+                # The Guest is 32-bit: its first eip cannot be wider (the seed's was a 32-bit long).
+                log.warning("INITIALIZE from %s refused: start %#x is beyond 32 bits", name, start)
+                return -errno.EINVAL
             try:
                 handles = self._memory(pid, base, pfnlimit)
             except GuestSetupError as e:

@@ -126,6 +126,15 @@ def test_initialize_of_the_other_word_size_is_einval(h):
     assert h.dev.write(TID, h.fh, 0, data) == expected
 
 
+def test_initialize_with_a_start_beyond_32_bits_is_einval():
+    """A 64-bit launcher's start word can be wider than a Guest eip: refused before any
+    Guest is built (the real one raised building its boot stub, and the request got EIO)."""
+    h = Harness(word=8)
+    assert h.write(abi.LHREQ_INITIALIZE, 0x10000000, 0x4007, 1 << 32) == -errno.EINVAL
+    assert h.guests == []
+    assert h.init() == 24
+
+
 def test_second_initialize_is_ebusy(h):
     h.init()
     assert h.init() == -errno.EBUSY
