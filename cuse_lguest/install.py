@@ -69,6 +69,8 @@ def write_files(root: pathlib.Path, files: dict[pathlib.Path, str]) -> dict:
         if before != text:
             dirs += _make_dirs(root, path.parent)
             path.write_text(text)
+            if before is None:
+                path.chmod(0o644)      # root's config, whatever root's umask: others read, never write
             _say(f"wrote /{rel}")
     return {"files": previous, "dirs": dirs, "module_loaded": old_manifest.get("module_loaded", False)}
 
@@ -81,7 +83,7 @@ def _make_dirs(root: pathlib.Path, directory: pathlib.Path) -> list[str]:
         directory = directory.parent
     made = []
     for d in reversed(missing):
-        d.mkdir()
+        d.mkdir(mode=0o755)
         made.append(str(d.relative_to(root)))
     return made
 
@@ -90,6 +92,9 @@ def restore_files(root: pathlib.Path, manifest: dict) -> None:
     """Delete what install created and put back what it replaced."""
     for rel, before in manifest.get("files", {}).items():
         path = root / rel
+        if path.is_symlink():
+            _say(f"left /{rel} alone: it is a symlink now, which install never makes")
+            continue
         if before is None:
             if path.exists():
                 path.unlink()
@@ -115,6 +120,7 @@ def _write_manifest(root: pathlib.Path, manifest: dict) -> None:
     path = root / MANIFEST
     manifest["dirs"] = manifest.get("dirs", []) + _make_dirs(root, path.parent)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
+    path.chmod(0o644)   # uninstall writes, as root, what this file says: nobody else may edit it
 
 
 def _module_listed(module: str) -> bool:
@@ -150,7 +156,19 @@ def _run(*cmd: str) -> bool:
     return done.returncode == 0
 
 
+def _symlinked(root: pathlib.Path) -> list[str]:
+    """The paths install would write that are symlinks: a unit masked with `systemctl mask`
+    (-> /dev/null), a linked unit, a rule masked for udev.  Writing would go through the link,
+    and uninstall would then delete the admin's link."""
+    return [f"/{rel}" for rel in planned_files() if (root / rel).is_symlink()]
+
+
 def install(root: pathlib.Path, group: str, wanted: str, live: bool) -> int:
+    linked = _symlinked(root)
+    if linked:
+        _say(f"{', '.join(linked)}: a symlink (masked or linked by the admin); nothing changed. "
+             "Remove it first to let install write its own file there.")
+        return 1
     transport, loaded = "fuse" if wanted == "fuse" else "cuse", False
     if live:
         chosen = _choose_transport(wanted)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import pathlib
 import sys
 
@@ -94,3 +95,27 @@ def test_install_refuses_a_bad_group_and_uninstall_without_install_is_a_no_op(tm
     assert list(tmp_path.iterdir()) == []
     assert cli.main(["install", "--root", str(tmp_path), "--uninstall"]) == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_install_leaves_a_masked_unit_alone_and_uninstall_never_removes_the_mask(tmp_path):
+    """`systemctl mask` makes the unit path a symlink to /dev/null: the admin's, not ours to write
+    through or to delete."""
+    unit = tmp_path / install.UNIT_PATH
+    unit.parent.mkdir(parents=True)
+    unit.symlink_to("/dev/null")
+    assert cli.main(["install", "--root", str(tmp_path)]) == 1
+    assert cli.main(["install", "--root", str(tmp_path), "--uninstall"]) == 0
+    assert unit.is_symlink() and os.readlink(unit) == "/dev/null"
+    assert not (tmp_path / install.RULE_PATH).exists()
+
+
+def test_files_install_creates_are_0644_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        assert cli.main(["install", "--root", str(tmp_path)]) == 0
+    finally:
+        os.umask(old)
+    for rel in (install.UNIT_PATH, install.RULE_PATH, install.MODULES_PATH, install.MANIFEST):
+        assert (tmp_path / rel).stat().st_mode & 0o777 == 0o644, rel
+    # uninstall writes as root whatever the manifest says: its directory is not others' either
+    assert (tmp_path / install.MANIFEST).parent.stat().st_mode & 0o777 == 0o755
