@@ -16,17 +16,24 @@ Boot time is not in either number: only the span between a phase's two
 markers, stamped on the host as each line arrives.  The two sides alternate
 within each repeat, so machine drift hits both alike.  The guests' own
 /proc/uptime spans are in each row's note as a cross-check.
+
+The exit profiler (core/exitstats.py) is read exactly as `cuse-lguest stat`
+reads it, from the block the Device publishes, at each marker: per phase, a
+Guest system call's host time (goal <= 5 us) and the phase's top exits.
 """
 from __future__ import annotations
 
 import os
 import pathlib
 import statistics
+import tempfile
 
 from benchmarks.figure import Context, Measurement
 from benchmarks.figures import _peer_qemu
 from benchmarks.figures._peer_workload import FORKS, LOOP, MarkClock, build_initrd
-from cuse_lguest import unicorn_build
+from cuse_lguest import abi, unicorn_build
+from cuse_lguest.core import exitstats
+from cuse_lguest.core.exitstats import ExitStats, Snapshot, StatsDirectory
 
 NAME = "peer_emulator"
 SUMMARY = "Linux 3.18 Guest's fork+exec and shell loop vs Debian's i386 kernel under qemu-system-i386 TCG"
@@ -50,18 +57,61 @@ def _linux_inputs() -> tuple[pathlib.Path, pathlib.Path]:
     return paths[0], paths[1]
 
 
-def _ours(kernel: pathlib.Path, initrd: pathlib.Path) -> MarkClock:
-    """Boot our Guest on the workload initrd to power-off; the marker times."""
+SYSCALL = exitstats.trap_slot(abi.SYSCALL_VECTOR, True)
+SYSCALL_GOAL_US = 5.0
+
+
+class _ProfiledClock(MarkClock):
+    """The marker clock, plus a snapshot of the Guest's published exit stats at each marker."""
+
+    def __init__(self, directory: StatsDirectory) -> None:
+        super().__init__()
+        self.directory = directory
+        self.stats: dict[str, Snapshot] = {}
+        self._block: ExitStats | None = None
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        for name in self.host.keys() - self.stats.keys():
+            if self._block is None and self.directory.live():
+                self._block = ExitStats.open(self.directory.live()[0])
+            if self._block is not None:
+                self.stats[name] = self._block.snapshot()
+
+    def profile(self, phase: str) -> Snapshot:
+        return self.stats[f"{phase}-end"].minus(self.stats[f"{phase}-start"])
+
+    def close(self) -> None:
+        if self._block is not None:
+            self._block.close()
+
+
+def _ours(kernel: pathlib.Path, initrd: pathlib.Path) -> _ProfiledClock:
+    """Boot our Guest on the workload initrd to power-off; the marker times and exit profiles."""
     from cuse_lguest.device import Device
     from cuse_lguest.testing.launcher import Launcher
     from cuse_lguest.testing.transport import DeviceTransport
 
-    clock = MarkClock()
-    result = Launcher(kernel, mem_mb=MEM_MB, args=["quiet"], initrd=initrd, timeout=TIMEOUT,
-                      on_output=clock.feed).run(DeviceTransport(Device()))
+    with tempfile.TemporaryDirectory(prefix="peer-stats-") as where:
+        directory = StatsDirectory(where)
+        clock = _ProfiledClock(directory)
+        try:
+            result = Launcher(kernel, mem_mb=MEM_MB, args=["quiet"], initrd=initrd, timeout=TIMEOUT,
+                              on_output=clock.feed).run(DeviceTransport(Device(stats=directory)))
+        finally:
+            clock.close()
     if result.error or "loop-end" not in clock.host:
         raise RuntimeError(f"Linux Guest: error {result.error}, death {result.death}\n{result.console[-2000:]}")
     return clock
+
+
+def _top_exits(snap: Snapshot, seconds: float, n: int = 4) -> str:
+    """The phase's costliest exit kinds: count, us each, share of the phase's host time."""
+    rows = sorted((r for r in snap.rows() if r[0] < exitstats.ASYNC), key=lambda r: -r[2])[:n]
+    parts = [f"{exitstats.slot_name(slot)}: {count} x {ns / count / 1e3:.1f} us ({ns / 1e9 / seconds:.0%})"
+             for slot, count, ns in rows]
+    guest = snap.guest_ns() / 1e9 / seconds
+    return "; ".join(parts + [f"guest code+Unicorn {guest:.0%}"])
 
 
 def run(ctx: Context) -> list[Measurement]:
@@ -73,7 +123,7 @@ def run(ctx: Context) -> list[Measurement]:
         ctx.log(f"{NAME}: skipped: {why}")
         return []
     initrd = build_initrd(base, ctx.cache / "peer" / "workload-initrd.gz")
-    ours: list[MarkClock] = []
+    ours: list[_ProfiledClock] = []
     peer: list[MarkClock] = []
     repeats = 1 if ctx.quick else 3
     for i in range(repeats):
@@ -91,4 +141,12 @@ def run(ctx: Context) -> list[Measurement]:
             baseline_samples=[c.phase(phase)[0] for c in peer], baseline_build=f"{peer_version} TCG",
             higher_is_better=False, goal=f"ratio <= {goal}", goal_ratio=goal,
             note=f"in-guest /proc/uptime: {in_guest[0]:.2f} s vs {in_guest[1]:.2f} s"))
+        profiles = [(c.profile(phase), c.phase(phase)[0]) for c in ours]
+        per_call = [p.ns[SYSCALL] / p.count[SYSCALL] / 1e3 for p, _ in profiles if p.count[SYSCALL]]
+        if per_call:
+            rows.append(Measurement(
+                figure=NAME, name=f"{label}: host time per Guest system call (exit profiler)", unit="us",
+                samples=per_call, build=unicorn_build.current().describe(), higher_is_better=False,
+                goal=f"value <= {SYSCALL_GOAL_US:g} us", goal_value=SYSCALL_GOAL_US,
+                note=_top_exits(*profiles[len(profiles) // 2])))
     return rows

@@ -4,11 +4,11 @@ Unicorn 2.1.4 checks for a pending stop after every guest load and store and
 then rewinds EIP to the start of the instruction, even when that instruction
 has already stored: a read-modify-write then runs twice.  So no thread other
 than the vCPU may call uc_emu_stop().  Instead, interrupt sources raise the
-flag in a small per-Guest struct, and lg_block_hook, a UC_HOOK_BLOCK callback
-that runs at the start of every translated block (before any of its memory
-accesses), calls uc_emu_stop() when it sees the flag.  About a fifth of guest
-compute goes to the hook call; a Unicorn patch that read the flag at block
-starts without a hook was reverted (docs/performance.md, guest_compute).
+flag in a small per-Guest struct, which is read at the start of every
+translated block (before any of its memory accesses): by Unicorn itself on
+our build (block-stop.patch, cpu/stopper.py), or else by lg_block_hook, a
+UC_HOOK_BLOCK callback that calls uc_emu_stop() when it sees the flag (about
+a fifth of guest compute goes to that hook call).
 
 Nothing but the vCPU clears the flag, and it does so *before* it looks at its
 pending work, so a request that arrives between that look and the next

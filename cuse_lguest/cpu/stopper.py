@@ -2,19 +2,25 @@
 
 See _native_build.py for why a stop may only take effect at the start of a
 translated block.  This module owns one `struct lg_stop` per Unicorn instance
-and installs a native UC_HOOK_BLOCK callback that reads its flag and calls
-uc_emu_stop() on the vCPU thread.  Every block calls into the hook, which
-costs about a fifth of guest compute; a patch that let Unicorn read the flag
-itself at block starts was tried and reverted, because Linux Guests crashed
-with it (docs/performance.md, guest_compute).
+and hands its flag to whichever mechanism this Unicorn offers:
 
-The flag lives in memory this object owns, not inside Unicorn, so a request()
-that races with Machine.close() writes nowhere it should not.
+* `uc_set_block_stop_flag` (native/unicorn/block-stop.patch): libunicorn reads
+  the flag in the check it already makes at every block start, so a Guest
+  nobody stops pays nothing per block.  Used only on a build that also carries
+  stale-pc.patch: without that fix, a stop at a block start that no block hook
+  preceded could leave a stale EIP behind, and a Linux Guest resumed at it
+  crashed (docs/performance.md, guest_compute);
+* otherwise a native UC_HOOK_BLOCK callback that reads the flag and calls
+  uc_emu_stop() on the vCPU thread: just as safe, but every block calls into
+  the hook, about a fifth of guest compute.
+
+Either way the flag lives in memory this object owns, not inside Unicorn, so
+a request() that races with Machine.close() writes nowhere it should not.
 
 Protocol (it cannot lose a request):
   * any thread:  set pending state, then request()      (flag = 1)
   * vCPU thread: clear() *before* it checks pending state, then emu_start
-  * the hook: flag set -> uc_emu_stop(); it never clears the flag
+  * Unicorn / the hook: flag set -> stop; neither ever clears the flag
 A request landing after the vCPU's check leaves the flag set, so the very
 first block of the next emu_start stops again and the vCPU looks once more.
 """
@@ -25,8 +31,12 @@ import ctypes
 from unicorn import UC_HOOK_BLOCK, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 
+from cuse_lguest import unicorn_build
 from cuse_lguest.cpu._native import ffi, lib
 
+BLOCK_STOP_ENTRY = "uc_set_block_stop_flag"
+STALE_PC_FIX = "stale-pc"         # the patch the flag needs (its name in the build's marker)
+FLAG = "block-stop flag"          # StopFlag.kind: Unicorn reads the flag at block starts
 HOOK = "block hook"               # StopFlag.kind: a UC_HOOK_BLOCK callback reads the flag
 
 
@@ -38,26 +48,39 @@ def _symbol(name: str) -> int | None:
         return None
 
 
-class StopFlag:
-    """The per-Guest stop request, read by a native block hook.
+def block_stop_available() -> bool:
+    """Whether the loaded libunicorn can read our stop flag at block starts, safely (see above)."""
+    marker = unicorn_build.current().marker or {}
+    return _symbol(BLOCK_STOP_ENTRY) is not None and STALE_PC_FIX in marker.get("patches", ())
 
-    Unicorn keeps a pointer into this object (the hook's user data), so it
-    must live as long as `uc` may run: Machine holds both.
+
+class StopFlag:
+    """The per-Guest stop request, wired to Unicorn's block-start check or to a native block hook.
+
+    Unicorn keeps a pointer into this object either way (the flag, or the
+    hook's user data), so it must live as long as `uc` may run: Machine holds
+    both.  `use_hook=True` forces the block hook where the flag would do, so
+    that tests and the benchmark's diagnostic row can run both on one build.
     """
 
-    kind = HOOK
-
-    def __init__(self, uc: Uc) -> None:
+    def __init__(self, uc: Uc, *, use_hook: bool = False) -> None:
         self._state = ffi.new("struct lg_stop *")
-        self._state.uc = ffi.cast("void *", ctypes.cast(uc._uch, ctypes.c_void_p).value)
-        self._state.emu_stop = ffi.cast("int (*)(void *)", _symbol("uc_emu_stop"))
-        hook = ctypes.c_size_t()
-        cb = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_block_hook")))
-        user = int(ffi.cast("uintptr_t", self._state))
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_BLOCK,
-                                ctypes.c_void_p(cb), ctypes.c_void_p(user), 1, 0)
+        handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
+        if not use_hook and block_stop_available():
+            set_flag = ffi.cast("int (*)(void *, volatile int *)", _symbol(BLOCK_STOP_ENTRY))
+            err = set_flag(ffi.cast("void *", handle), ffi.addressof(self._state, "flag"))
+            what, self.kind = BLOCK_STOP_ENTRY, FLAG
+        else:
+            self._state.uc = ffi.cast("void *", handle)
+            self._state.emu_stop = ffi.cast("int (*)(void *)", _symbol("uc_emu_stop"))
+            hook = ctypes.c_size_t()
+            cb = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_block_hook")))
+            user = int(ffi.cast("uintptr_t", self._state))
+            err = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_BLOCK,
+                                    ctypes.c_void_p(cb), ctypes.c_void_p(user), 1, 0)
+            what, self.kind = "uc_hook_add", HOOK
         if err:
-            raise RuntimeError(f"cannot install the vCPU stop hook (uc_hook_add error {err})")
+            raise RuntimeError(f"cannot install the vCPU stop flag ({what} error {err})")
 
     @property
     def native(self):

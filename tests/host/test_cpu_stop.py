@@ -5,18 +5,22 @@ first instruction is a read-modify-write.  A stop that lands after that
 instruction's store and rewinds EIP to it (what uc_emu_stop() from another
 thread does in Unicorn 2.1.4) runs it twice, and the two counters part.  A stop
 at a block boundary leaves EIP at the loop's start and the counters equal.
-The stop is the native block hook of cpu/stopper.py.
+Every test runs on both mechanisms of cpu/stopper.py: the one StopFlag picks
+(the block-stop flag on our build, the block hook elsewhere) and the forced
+block hook.
 """
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import time
 
+import pytest
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EIP
 
-from cuse_lguest.cpu.stopper import HOOK, StopFlag
+from cuse_lguest.cpu.stopper import FLAG, HOOK, StopFlag, block_stop_available
 
 LOOP = 0x1000
 COUNTER = 0x2000
@@ -39,9 +43,14 @@ def counters(uc: Uc) -> tuple[int, int]:
     return struct.unpack("<I", uc.mem_read(COUNTER, 4))[0], uc.reg_read(UC_X86_REG_ECX)
 
 
-def test_thousands_of_foreign_stops_never_rerun_an_instruction() -> None:
+@pytest.fixture(params=[False, True], ids=["picked", "block-hook"])
+def use_hook(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
+def test_thousands_of_foreign_stops_never_rerun_an_instruction(use_hook: bool) -> None:
     uc = loop_machine()
-    stop = StopFlag(uc)
+    stop = StopFlag(uc, use_hook=use_hook)
     cond = threading.Condition()
     state = {"asked": 0, "handled": 0, "done": False, "lost": 0}
 
@@ -85,9 +94,9 @@ def test_thousands_of_foreign_stops_never_rerun_an_instruction() -> None:
     assert counters(uc)[0] > 0
 
 
-def test_a_request_before_emu_start_stops_it_before_the_first_instruction() -> None:
+def test_a_request_before_emu_start_stops_it_before_the_first_instruction(use_hook: bool) -> None:
     uc = loop_machine()
-    stop = StopFlag(uc)
+    stop = StopFlag(uc, use_hook=use_hook)
     stop.request()
     for _ in range(2):                # Unicorn never clears the flag: every entry stops at once
         uc.emu_start(LOOP, NEVER)
@@ -129,6 +138,10 @@ def test_the_harness_catches_a_foreign_emu_stop() -> None:
     assert caught, "no double increment seen: the harness may no longer detect an unsafe stop"
 
 
-def test_the_stop_is_the_block_hook() -> None:
-    """The block-stop flag was reverted (docs/performance.md, guest_compute): the hook is the only stop."""
-    assert StopFlag(loop_machine()).kind == HOOK
+def test_the_flag_is_picked_where_it_is_safe() -> None:
+    """Our build (block-stop with the stale-pc fix) stops through the flag; CI must run it."""
+    picked = StopFlag(loop_machine()).kind
+    assert picked == (FLAG if block_stop_available() else HOOK)
+    assert StopFlag(loop_machine(), use_hook=True).kind == HOOK
+    if os.environ.get("CI") == "true":
+        assert picked == FLAG, "CI runs our Unicorn build, which has the block-stop flag"
