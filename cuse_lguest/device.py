@@ -36,7 +36,8 @@ from cuse_lguest import abi, procs
 from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, MemorySource, RunExit
 from cuse_lguest.core.exitstats import StatsDirectory
 from cuse_lguest.eventfds import EventfdTable
-from cuse_lguest.memory.handles import acquire
+from cuse_lguest.limits import Accounts, Limits
+from cuse_lguest.memory.handles import MIRROR, acquire
 
 log = logging.getLogger("cuse_lguest.device")
 
@@ -79,6 +80,10 @@ class _OpenFile:
         self.eventfds = EventfdTable()
         self.released = False
         self.stats: tuple[int, str] | None = None   # the published exit stats block: (fd, path)
+        self.initializing = False # an INITIALIZE is building this file's Guest (without the lock)
+        self.uid = 0              # who opened it (charged one open file)
+        self.guest_uid: int | None = None   # who is charged its Guest, once there is one
+        self.mirror_bytes = 0     # what its Guest's mirror copy takes from the budget
 
 
 class Device:
@@ -86,10 +91,12 @@ class Device:
 
     def __init__(self, guest_factory: GuestFactory | None = None, *,
                  caller_word_size: Callable[[int], int | None] = procs.word_size_of,
-                 memory: MemorySource = acquire, stats: StatsDirectory | None = None) -> None:
+                 memory: MemorySource = acquire, stats: StatsDirectory | None = None,
+                 limits: Limits = Limits()) -> None:
         """`memory` takes the launcher's memory handles at INITIALIZE (a double that never
         touches guest memory passes testing.nomemory.no_memory).  `stats`: where to publish
-        each Guest's exit counters for `cuse-lguest stat` (None: nowhere)."""
+        each Guest's exit counters for `cuse-lguest stat` (None: nowhere).  `limits` caps
+        what users hold."""
         if guest_factory is None:
             from cuse_lguest.core import create_guest
             guest_factory = create_guest
@@ -100,15 +107,28 @@ class Device:
         self._files: dict[int, _OpenFile] = {}
         self._fh = itertools.count(1)
         self._lock = threading.Lock()
-        # The seed serialised every INITIALIZE with one global mutex; so do we.
-        self._init_lock = threading.Lock()
+        self.accounts = Accounts(limits)
+        # The seed serialised every INITIALIZE with one global mutex, which
+        # guarded its global state.  Ours has its own locks, and an INITIALIZE
+        # may wait on its caller's memory for as long as the caller likes, so
+        # INITIALIZEs of different files never wait for each other.
 
     # ------------------------------------------------------------------ open/release
-    def open(self) -> int:
-        """A new open file with no Guest (the 4.x lesson: never inherit state)."""
+    def open(self, uid: int = 0) -> int:
+        """A new open file with no Guest (the 4.x lesson: never inherit state), or -errno.
+
+        `uid` is the opener, charged one open file: EMFILE past its share,
+        ENFILE past the service's (limits.py).
+        """
+        refused = self.accounts.files.take(uid)
+        if refused:
+            log.warning("open by uid %d refused: %s", uid, errno.errorcode[refused])
+            return -refused
         fh = next(self._fh)
+        f = _OpenFile()
+        f.uid = uid
         with self._lock:
-            self._files[fh] = _OpenFile()
+            self._files[fh] = f
         return fh
 
     def release(self, fh: int) -> None:
@@ -122,16 +142,29 @@ class Device:
             guest = f.guest
             if guest is not None:
                 # Normally no read is in flight at the last close; at service
-                # shutdown there may be one.  Stop it before freeing its Guest.
+                # shutdown there may be one.  Stop it before freeing its Guest,
+                # even if it is stuck bumping a launcher's full eventfd.
                 guest.interrupt()
+                f.eventfds.stop()
                 if not f.idle.wait_for(lambda: not f.reading, timeout=_RELEASE_WAIT):
                     log.error("release: a read did not leave its Guest within %.0f s", _RELEASE_WAIT)
             f.guest = None
         if guest is not None:
             guest.destroy()
+            self._uncharge(f)
         if f.stats is not None:
             StatsDirectory.withdraw(*f.stats)
         f.eventfds.close()
+        self.accounts.files.give(f.uid)
+
+    def _uncharge(self, f: _OpenFile) -> None:
+        """Give back what a Guest was charged (once)."""
+        if f.guest_uid is not None:
+            self.accounts.guests.give(f.guest_uid)
+            f.guest_uid = None
+        if f.mirror_bytes:
+            self.accounts.mirror.give(0, f.mirror_bytes)
+            f.mirror_bytes = 0
 
     def irq_shortcut(self, fh: int) -> IrqShortcut | None:
         """The shortcut for `fh`'s LHREQ_IRQ writes, once it has a live Guest that offers one.
@@ -158,6 +191,7 @@ class Device:
         with f.lock:
             if f.reading and f.guest is not None:
                 f.guest.interrupt()
+                f.eventfds.unblock()
 
     def shutdown(self) -> None:
         """Release every open file: the service is going away."""
@@ -174,8 +208,12 @@ class Device:
         return sum(1 for f in files if f.guest is not None and f.guest.death is None)
 
     # ------------------------------------------------------------------ write
-    def write(self, tid: int, fh: int, offset: int, data: bytes) -> int:
-        """Serve one request.  Returns the count for the launcher (>= 0) or -errno."""
+    def write(self, tid: int, fh: int, offset: int, data: bytes, *,
+              caller: tuple[int, int] | None = None) -> int:
+        """Serve one request.  Returns the count for the launcher (>= 0) or -errno.
+
+        `caller` is the (uid, gid) the request carries, when the transport knows it.
+        """
         f = self._files.get(fh)
         if f is None:
             return -errno.EBADF
@@ -184,7 +222,7 @@ class Device:
             return -errno.EFAULT          # the request word itself is unreadable
         req = int.from_bytes(data[:word], "little")
         if req == abi.LHREQ_INITIALIZE:
-            return self._initialize(tid, f, data)
+            return self._initialize(tid, f, data, caller)
         if f.guest is None or offset >= 1:
             return -errno.EINVAL
         if f.guest.death is not None:
@@ -208,60 +246,106 @@ class Device:
             return -errno.EINVAL
         return struct.unpack_from("<" + _WORD_FORMAT[f.word][1] * n, data, f.word)
 
-    def _initialize(self, tid: int, f: _OpenFile, data: bytes) -> int:
-        with self._init_lock, f.lock:
-            if f.guest is not None:
+    def _initialize(self, tid: int, f: _OpenFile, data: bytes, caller: tuple[int, int] | None) -> int:
+        """INITIALIZE: this file's lock is held only to claim and to attach, never while
+        the Guest is built (which reads the caller's memory, as slowly as the caller likes)."""
+        with f.lock:
+            if f.guest is not None or f.initializing:
                 return -errno.EBUSY       # "close and reopen to start again"
             if f.released:
                 return -errno.EBADF
-            try:
-                pid = procs.tgid_of(tid)
-            except ProcessLookupError:
-                if tid == 0:
-                    # FUSE names callers by their pid in the service's PID namespace.
-                    log.warning("INITIALIZE refused: the caller is outside the service's PID namespace "
-                                "(a launcher in another container must share the service's, "
-                                "e.g. docker run --pid container:NAME)")
-                return -errno.ESRCH
-            word = self._caller_word_size(pid)
+            f.initializing = True
+        try:
+            made = self._create(tid, f, data, caller)
+            if isinstance(made, int):
+                return made
+            guest, word, uid, mirror_bytes, stats = made
+            with f.lock:
+                if not f.released:
+                    f.guest, f.word, f.owner_tid = guest, word, tid
+                    f.guest_uid, f.mirror_bytes, f.stats = uid, mirror_bytes, stats
+                    return 3 * word
+            # Released while it was being built: it never belonged to anyone.
+            guest.destroy()
+            if stats is not None:
+                StatsDirectory.withdraw(*stats)
+            self.accounts.guests.give(uid)
+            self.accounts.mirror.give(0, mirror_bytes)
+            return -errno.EBADF
+        finally:
+            with f.lock:
+                f.initializing = False
+
+    def _create(self, tid: int, f: _OpenFile, data: bytes, caller: tuple[int, int] | None):
+        """(guest, word size, uid charged, mirror bytes charged, published stats), or -errno."""
+        try:
+            pid = procs.tgid_of(tid)
+        except ProcessLookupError:
+            if tid == 0:
+                # FUSE names callers by their pid in the service's PID namespace.
+                log.warning("INITIALIZE refused: the caller is outside the service's PID namespace "
+                            "(a launcher in another container must share the service's, "
+                            "e.g. docker run --pid container:NAME)")
+            return -errno.ESRCH
+        word = self._caller_word_size(pid)
+        if word is None:
+            word = abi.INITIALIZE_LEN_TO_WORD.get(len(data))
             if word is None:
-                word = abi.INITIALIZE_LEN_TO_WORD.get(len(data))
-                if word is None:
-                    return -errno.EFAULT if len(data) < 16 else -errno.EINVAL
-            want = 4 * word
-            if len(data) < want:
-                return -errno.EFAULT
-            if len(data) != want:
-                log.warning("INITIALIZE of %d bytes from %s, whose words are %d bytes: refused",
-                            len(data), procs.describe(pid), word)
-                return -errno.EINVAL
-            _, base, pfnlimit, start = struct.unpack("<4" + _WORD_FORMAT[word][1], data)
-            name = procs.describe(pid)
-            if start >> 32:
-                # The Guest is 32-bit: its first eip cannot be wider (the seed's was a 32-bit long).
-                log.warning("INITIALIZE from %s refused: start %#x is beyond 32 bits", name, start)
-                return -errno.EINVAL
-            try:
-                handles = self._memory(pid, base, pfnlimit)
-            except GuestSetupError as e:
+                return -errno.EFAULT if len(data) < 16 else -errno.EINVAL
+        want = 4 * word
+        if len(data) < want:
+            return -errno.EFAULT
+        if len(data) != want:
+            log.warning("INITIALIZE of %d bytes from %s, whose words are %d bytes: refused",
+                        len(data), procs.describe(pid), word)
+            return -errno.EINVAL
+        _, base, pfnlimit, start = struct.unpack("<4" + _WORD_FORMAT[word][1], data)
+        name = procs.describe(pid)
+        if start >> 32:
+            # The Guest is 32-bit: its first eip cannot be wider (the seed's was a 32-bit long).
+            log.warning("INITIALIZE from %s refused: start %#x is beyond 32 bits", name, start)
+            return -errno.EINVAL
+        uid = caller[0] if caller is not None else 0
+        refused = self.accounts.guests.take(uid)
+        if refused:
+            log.warning("INITIALIZE from %s refused: uid %d has %d live guests of %d, the service %d of %d",
+                        name, uid, self.accounts.guests.held(uid), self.accounts.limits.guests_per_user,
+                        self.accounts.guests.held(), self.accounts.limits.guests)
+            return -refused
+        mirror_bytes = 0
+        try:
+            handles = self._memory(pid, base, pfnlimit, caller=caller)
+            if handles is not None and handles.mode == MIRROR:
+                if self.accounts.mirror.take(0, handles.limit):
+                    handles.close()
+                    raise GuestSetupError(errno.ENOMEM, f"a {handles.limit >> 20} MiB mirror copy does not fit "
+                                                        f"the budget ({self.accounts.mirror.held() >> 20} of "
+                                                        f"{self.accounts.mirror.total >> 20} MiB in use)")
+                mirror_bytes = handles.limit
+        except BaseException as e:
+            self.accounts.guests.give(uid)
+            if isinstance(e, GuestSetupError):
                 log.warning("INITIALIZE from %s refused: %s", name, e)
                 return -e.errno
-            stats = self._publish_stats(name, pid)
+            raise
+        stats = self._publish_stats(name, pid)
+        try:
             params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
                                  claim_notify=f.eventfds.claim, memory=handles, name=name,
                                  stats_fd=stats[0] if stats else None)
-            try:
-                guest = self._build(params)
-            except GuestSetupError as e:
-                if stats is not None:
-                    StatsDirectory.withdraw(*stats)
-                log.warning("INITIALIZE from %s refused: %s", params.name, e)
+            guest = self._build(params)
+        except BaseException as e:
+            if stats is not None:
+                StatsDirectory.withdraw(*stats)
+            self.accounts.guests.give(uid)
+            self.accounts.mirror.give(0, mirror_bytes)
+            if isinstance(e, GuestSetupError):
+                log.warning("INITIALIZE from %s refused: %s", name, e)
                 return -e.errno
-            f.stats = stats
-            f.guest, f.word, f.owner_tid = guest, word, tid
-            log.info("guest created for %s: base %#x, %d pages, start %#x, %d-bit launcher",
-                     params.name, base, pfnlimit, start, 8 * word)
-            return 3 * word
+            raise
+        log.info("guest created for %s: base %#x, %d pages, start %#x, %d-bit launcher",
+                 name, base, pfnlimit, start, 8 * word)
+        return guest, word, uid, mirror_bytes, stats
 
     def _build(self, params: GuestParams):
         """The factory's Guest, which owns the memory handles from then on; until then we do."""
@@ -294,6 +378,8 @@ class Device:
     def _eventfd(self, tid: int, f: _OpenFile, addr: int, fd: int) -> int:
         if addr == 0:
             return -errno.EINVAL
+        if len(f.eventfds) >= self.accounts.limits.eventfds_per_guest:
+            return -errno.ENOMEM          # the seed's table growth failing
         try:
             ours = procs.duplicate_fd(tid, fd)
         except OSError as e:

@@ -63,6 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-dir", default=None, metavar="DIR",
                         help="publish each guest's exit counters here for `cuse-lguest stat` "
                              "(default: /run/cuse-lguest/guests; 'none' to publish nothing)")
+    from cuse_lguest.limits import Limits
+    caps = Limits()
+    for flag, field, what in (
+            ("--max-files-per-user", "files_per_user", "open files of /dev/NAME per user (then EMFILE)"),
+            ("--max-files", "files", "open files of /dev/NAME in all (then ENFILE)"),
+            ("--max-guests-per-user", "guests_per_user", "live guests per user (then ENOMEM)"),
+            ("--max-guests", "guests", "live guests in all (then ENOMEM)"),
+            ("--max-eventfds", "eventfds_per_guest", "LHREQ_EVENTFD entries per guest (then ENOMEM)")):
+        parser.add_argument(flag, type=int, metavar="N", default=getattr(caps, field), dest=field,
+                            help=f"{what}; default {getattr(caps, field)}")
+    parser.add_argument("--mirror-budget", type=int, metavar="MIB", default=None,
+                        help="memory for all mirror-mode copies of guest RAM together (then INITIALIZE "
+                             "answers ENOMEM); default: half the machine's memory")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     # Test hooks, hidden: serve over a socketpair end whose peer plays the
     # kernel, with a guest factory named MODULE:ATTRIBUTE (and that module's
@@ -96,16 +109,23 @@ def _stats_directory(path: str | None):
     return stats
 
 
-def _make_device(factory_spec: str | None, stats_dir: str | None):
+def _limits(args: argparse.Namespace):
+    from cuse_lguest.limits import Limits
+    mirror = -1 if args.mirror_budget is None else args.mirror_budget << 20
+    return Limits(files_per_user=args.files_per_user, files=args.files, guests_per_user=args.guests_per_user,
+                  guests=args.guests, eventfds_per_guest=args.eventfds_per_guest, mirror_bytes=mirror)
+
+
+def _make_device(factory_spec: str | None, stats_dir: str | None, limits):
     from cuse_lguest.device import Device
     stats = _stats_directory(stats_dir)
     if factory_spec is None:
-        return Device(stats=stats)
+        return Device(stats=stats, limits=limits)
     module_name, _, attr = factory_spec.partition(":")
     module = importlib.import_module(module_name)
     # A double that never touches guest memory brings its own memory source too.
     memory = getattr(module, "acquire_memory", None)
-    return Device(getattr(module, attr), stats=stats, **({"memory": memory} if memory else {}))
+    return Device(getattr(module, attr), stats=stats, limits=limits, **({"memory": memory} if memory else {}))
 
 
 def _file_attrs(args: argparse.Namespace):
@@ -153,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        device = _make_device(args.guest_factory, args.stats_dir)
+        device = _make_device(args.guest_factory, args.stats_dir, _limits(args))
     except (ImportError, AttributeError) as e:
         return _fail(f"the hypervisor core cannot be loaded ({e}).")
 

@@ -7,14 +7,25 @@ armed or is attached, and is joined when the last Guest detaches, so a
 destroyed Guest leaves no thread behind.  Expiry calls the Guest's callback
 (which sets IRQ 0 pending and kicks the vCPU) without holding the service's
 lock, so a Guest may arm or cancel from anywhere.
+
+Re-arming leaves the old heap entry behind (it is skipped when it comes up),
+so a Guest that re-arms a far deadline in a loop would grow the heap without
+bound; when stale entries outnumber live ones the heap is rebuilt from the
+live deadlines.  A callback that raises is logged and the thread goes on:
+one Guest's bug must not stop every Guest's clock.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from typing import Callable
+
+log = logging.getLogger("cuse_lguest.core")
+
+_SLACK = 64          # stale heap entries tolerated before a rebuild is considered
 
 
 class TimerService:
@@ -23,7 +34,7 @@ class TimerService:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, object]] = []
-        self._armed: dict[object, tuple[int, Callable[[], None]]] = {}
+        self._armed: dict[object, tuple[int, Callable[[], None], float]] = {}   # owner -> seq, fire, deadline
         self._seq = itertools.count()
         self._users = 0
         self._thread: threading.Thread | None = None
@@ -48,12 +59,21 @@ class TimerService:
         """(Re-)arm `owner`'s one-shot timer; any earlier deadline of it is forgotten."""
         with self._cond:
             seq = next(self._seq)
-            self._armed[owner] = (seq, fire)
-            heapq.heappush(self._heap, (time.monotonic() + delay_ns / 1e9, seq, owner))
+            deadline = time.monotonic() + delay_ns / 1e9
+            self._armed[owner] = (seq, fire, deadline)
+            heapq.heappush(self._heap, (deadline, seq, owner))
+            if len(self._heap) > 2 * len(self._armed) + _SLACK:
+                self._heap = [(d, q, o) for o, (q, _, d) in self._armed.items()]
+                heapq.heapify(self._heap)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="lguest-timer", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def __len__(self) -> int:
+        """Heap entries held, stale ones included (bounded by about twice the armed timers)."""
+        with self._cond:
+            return len(self._heap)
 
     def cancel(self, owner: object) -> None:
         with self._cond:
@@ -79,6 +99,8 @@ class TimerService:
                 self._cond.release()          # never call into a Guest holding our lock
                 try:
                     armed[1]()
+                except Exception:
+                    log.exception("a timer callback of %r failed; the other timers go on", owner)
                 finally:
                     self._cond.acquire()
 

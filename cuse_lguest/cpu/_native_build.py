@@ -39,6 +39,17 @@ another process (`cuse-lguest stat`, the root front end of a worker) reads
 while the Guest runs.  Each slot has one writer at a time (the vCPU thread,
 or the timer thread for ticks), so relaxed atomic adds are enough: a reader
 sees every value whole, never torn.
+
+lg_eventfd_post is how the vCPU bumps a launcher's eventfd on NOTIFY
+(eventfds.py).  A write to an eventfd whose count is at its maximum blocks,
+and the launcher owns that count: it can fill it on purpose.  We cannot make
+the write non-blocking (O_NONBLOCK would change the launcher's own open
+file), so we look first: a full eventfd already has a wake-up waiting for
+its reader, and our increment can be dropped.  A launcher that fills it in
+the instant between the look and the write can still hold the write; a
+signal with a do-nothing handler installed without SA_RESTART
+(lg_unblock_signal) then ends it with EINTR, and that increment is dropped
+for the same reason.
 """
 from cffi import FFI
 
@@ -81,9 +92,16 @@ ffibuilder.cdef("""
         uint64_t ns[1024];
     };
     void lg_stat_add(struct lg_exit_stats *s, uint32_t slot, uint64_t ns);
+
+    int lg_unblock_signal(void);
+    int lg_eventfd_post(int fd, int look_first);
 """)
 ffibuilder.set_source("cuse_lguest.cpu._native", r"""
+    #include <errno.h>
+    #include <poll.h>
+    #include <signal.h>
     #include <stdint.h>
+    #include <string.h>
     #include <unistd.h>
     struct lg_stop {
         volatile int flag;
@@ -169,6 +187,48 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
             return;
         __atomic_fetch_add(&s->count[slot], 1, __ATOMIC_RELAXED);
         __atomic_fetch_add(&s->ns[slot], ns, __ATOMIC_RELAXED);
+    }
+
+    static void lg_unblock_handler(int sig)
+    {
+        (void)sig;                      /* being delivered is the whole point */
+    }
+
+    /* The signal that ends a blocked post; installed once, process-wide. */
+    int lg_unblock_signal(void)
+    {
+        static int installed;
+        int sig = SIGRTMIN + 3;
+        if (!__atomic_load_n(&installed, __ATOMIC_ACQUIRE)) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = lg_unblock_handler;
+            sigemptyset(&sa.sa_mask);
+            sa.sa_flags = 0;            /* no SA_RESTART: the write must come back */
+            if (sigaction(sig, &sa, NULL) != 0)
+                return -errno;
+            __atomic_store_n(&installed, 1, __ATOMIC_RELEASE);
+        }
+        return sig;
+    }
+
+    /* 1: posted; 0: dropped (full, or interrupted); -errno otherwise. */
+    int lg_eventfd_post(int fd, int look_first)
+    {
+        if (look_first) {
+            struct pollfd p = { .fd = fd, .events = POLLOUT };
+            int n = poll(&p, 1, 0);
+            if (n < 0)
+                return -errno;
+            if (n == 0)
+                return 0;
+            if (p.revents & POLLNVAL)
+                return -EBADF;
+        }
+        uint64_t one = 1;
+        if (write(fd, &one, sizeof one) == (ssize_t)sizeof one)
+            return 1;
+        return errno == EINTR ? 0 : -errno;
     }
 """)
 

@@ -161,7 +161,10 @@ class Server:
         if closing:
             req.reply_err(errno.ENODEV)
             return
-        fh = self.device.open()
+        fh = self.device.open(req.caller()[0])
+        if fh < 0:
+            req.reply_err(-fh)
+            return
         if self._positions is not None:
             self._positions.opened(fh)
         with self._lock:
@@ -179,7 +182,7 @@ class Server:
             req.reply_err(errno.EBADF)
             return
         vcpu, plain = self._vcpu(fh, offset)
-        result = self.device.write(tid, fh, vcpu, data)
+        result = self.device.write(tid, fh, vcpu, data, caller=req.caller())
         log.debug("write fh=%d tid=%d %d bytes at %d -> %d", fh, tid, len(data), offset, result)
         if result < 0:
             req.reply_err(-result)

@@ -57,6 +57,11 @@ class Request:
             self._answered = True
             return True
 
+    def caller(self) -> tuple[int, int]:
+        """(uid, gid) of the task that made the request, as the kernel put them in its header."""
+        ctx = lib.fuse_req_ctx(self._req)
+        return ctx.uid, ctx.gid
+
     def reply_err(self, err: int) -> bool:
         """Answer with errno `err` (positive; 0 means success with no data)."""
         if not self._claim():

@@ -33,9 +33,9 @@ class Shortcut:
         self.device_writes = 0
         real = self.device.write
 
-        def counted(*args):
+        def counted(*args, **kwargs):
             self.device_writes += 1
-            return real(*args)
+            return real(*args, **kwargs)
         self.device.write = counted
 
     def write(self, data: bytes, *, fh: int | None = None, offset: int = 0) -> int:
