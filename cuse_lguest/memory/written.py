@@ -11,6 +11,10 @@ the CPU can drop translations there.  Mirror mode learns the same ranges as a
 side effect of pulling them; this is the shared-mode equivalent, reading the
 rings in place.  Each buffer is reported on its own: the span between the
 lowest and the highest would cover the Guest kernel's own code too.
+
+In shared mode the device page is Guest RAM, so the Guest can write garbage
+there.  A page we cannot parse is that Guest's fault and kills it (GuestFault
+at the LHREQ_IRQ sync point), like any other bad structure it hands the host.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import logging
 
 from cuse_lguest import abi
 from cuse_lguest.memory.devpage import device_page_gpa
+from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.virtio import Vring, VringError, parse_device_page
 
 log = logging.getLogger("cuse_lguest.memory")
@@ -36,7 +41,11 @@ class DeviceWrites:
         if self._devpage is None:
             return []
         page = bytes(self._view[self._devpage:self._devpage + abi.PAGE_SIZE])
-        return [w for rec in parse_device_page(page) for vq in rec.vqs if vq.pfn
+        try:
+            records = parse_device_page(page)
+        except VringError as e:
+            raise GuestFault(f"malformed device page: {e}") from None
+        return [w for rec in records for vq in rec.vqs if vq.pfn
                 for w in self._new_writes(vq.gpa, vq.num)]
 
     def _new_writes(self, gpa: int, num: int) -> list[tuple[int, int]]:

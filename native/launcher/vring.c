@@ -50,6 +50,23 @@ static void wait_for_kick(struct vq *vq)
 	}
 }
 
+/*
+ * A descriptor lives in Guest memory, and the Guest may rewrite it while we
+ * look.  Every field is read exactly once, into our own copy, and only the
+ * copy is checked and used: a length read again after the bounds check could
+ * have grown, and the status byte at its end would land outside guest RAM.
+ */
+static struct vring_desc read_desc(const struct vring_desc *p)
+{
+	const volatile struct vring_desc *v = p;
+	struct vring_desc d;
+	d.addr = v->addr;
+	d.len = v->len;
+	d.flags = v->flags;
+	d.next = v->next;
+	return d;
+}
+
 static void add_iov(struct vq *vq, struct iovec iov[], unsigned int *n, const struct vring_desc *d)
 {
 	if (*n >= vq->num)
@@ -77,7 +94,7 @@ unsigned int wait_for_vq_desc(struct vq *vq, struct iovec iov[], unsigned int *o
 	bool indirect = false;
 	*out = *in = 0;
 	for (;;) {
-		struct vring_desc *d = &table[i];
+		const struct vring_desc copy = read_desc(&table[i]), *d = &copy;
 		if (d->flags & VRING_DESC_F_INDIRECT) {
 			if (indirect || d->len % sizeof(struct vring_desc) || d->len == 0)
 				errx(1, "Bad indirect descriptor on %s queue %u", vq->dev->name, vq->index);

@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
+
 from cuse_lguest import abi
+from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.handles import acquire
 from cuse_lguest.memory.shared import SharedGuestMemory
 from cuse_lguest.testing.guestram import GuestRam
@@ -57,5 +60,25 @@ def test_on_irq_reports_the_writable_buffers_of_newly_used_chains():
             use(ram, 1, 3, [(0x40000, 64, 0)])     # a chain the launcher only read
             mem.on_irq()
             assert len(seen) == 1
+        finally:
+            mem.close()
+
+
+def test_a_malformed_device_page_is_the_guests_fault():
+    """The device page is Guest RAM in shared mode: garbage there kills that Guest, nothing else."""
+    from tests.conftest import needs_root
+    needs_root()
+    with GuestRam(MEM, device_pages=8) as ram:
+        lay_out(ram)
+        mem = SharedGuestMemory(acquire(os.getpid(), ram.base, (MEM >> 12) + 8))
+        try:
+            mem.on_irq()
+            # Two of the largest records a header can describe: the second runs past the page.
+            big = abi.DEVICE_DESC.pack(abi.VIRTIO_ID_BLOCK, 255, 255, 255, 0)
+            size = abi.device_record_size(255, 255, 255)
+            ram.buf[MEM:MEM + size] = big + bytes(size - len(big))
+            ram.buf[MEM + size:MEM + size + len(big)] = big
+            with pytest.raises(GuestFault, match=f"^malformed device page: device record at {size} "):
+                mem.on_irq()
         finally:
             mem.close()
