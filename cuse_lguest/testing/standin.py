@@ -36,7 +36,8 @@ _MAP_FIXED = 0x10
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-def _libc():
+def libc():
+    """libc with mmap declared for placing mappings at chosen addresses (also for other hostile programs)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -44,7 +45,8 @@ def _libc():
     return libc
 
 
-def _map(libc, addr: int | None, size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+def map_at(libc, addr: int | None, size: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    """mmap, exactly at `addr` (MAP_FIXED) when one is given; the address.  Raises OSError."""
     got = libc.mmap(addr, size, prot, flags | (_MAP_FIXED if addr else 0), fd, offset)
     if got in (None, ctypes.c_void_p(-1).value) or (addr and got != addr):
         raise OSError(ctypes.get_errno(), "mmap failed")
@@ -53,12 +55,12 @@ def _map(libc, addr: int | None, size: int, prot: int, flags: int, fd: int = -1,
 
 def serve(argv: list[str]) -> None:
     """The stand-in's own main loop (runs in the child)."""
-    libc = _libc()
+    lc = libc()
     rw = mmap.PROT_READ | mmap.PROT_WRITE
     base = 0
     if argv[:1] == ["reborn"]:                   # after `exec`: the same RAM address, other bytes
         base, pages = int(argv[1], 16), int(argv[2])
-        _map(libc, base, pages * PAGE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        map_at(lc, base, pages * PAGE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         ctypes.memset(base, 0x5A, pages * PAGE)
         print("ready", flush=True)
     pages = 0
@@ -69,24 +71,24 @@ def serve(argv: list[str]) -> None:
         if cmd[0] == "shared":
             pages = int(cmd[1])
             extra = 1 if len(cmd) > 2 else 0
-            base = _map(libc, None, (pages + extra) * PAGE, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            base = map_at(lc, None, (pages + extra) * PAGE, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             fd = os.memfd_create("standin-ram")
             os.ftruncate(fd, pages * PAGE)
-            _map(libc, base, pages * PAGE, rw, mmap.MAP_SHARED, fd)
+            map_at(lc, base, pages * PAGE, rw, mmap.MAP_SHARED, fd)
             if extra:
                 other = os.open(cmd[2], os.O_RDONLY)
-                _map(libc, base + pages * PAGE, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, other)
+                map_at(lc, base + pages * PAGE, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, other)
             print(f"{base:x}", flush=True)
         elif cmd[0] == "private":
             pages = int(cmd[1])
-            base = _map(libc, None, pages * PAGE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            base = map_at(lc, None, pages * PAGE, rw, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             print(f"{base:x}", flush=True)
         elif cmd[0] == "fill":
             ctypes.memset(base + int(cmd[1], 16), int(cmd[2], 16), PAGE)
             print("ok", flush=True)
         elif cmd[0] == "swap":
             fd = os.open(cmd[2], os.O_RDWR)
-            _map(libc, base + int(cmd[1], 16), os.fstat(fd).st_size, rw, mmap.MAP_SHARED, fd)
+            map_at(lc, base + int(cmd[1], 16), os.fstat(fd).st_size, rw, mmap.MAP_SHARED, fd)
             print("ok", flush=True)
         elif cmd[0] == "peek":
             print(ctypes.string_at(base + int(cmd[1], 16), int(cmd[2])).hex(), flush=True)

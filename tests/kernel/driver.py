@@ -446,6 +446,60 @@ def server_sigterm(server: Server) -> dict:
     return {"returncode": rc, "node_gone": _node_state() == "missing"}
 
 
+# ---- a hostile member of the device group (issue 13) -------------------------------------
+
+HOSTILE = HERE / "hostile_client.py"
+DEVICE_GROUP = "kvm"
+
+
+def _hostile(what: str, *args: str) -> dict:
+    """Run hostile_client.py as nobody in the device group, with the node opened to that group.
+
+    Through CUSE the node is root's until udev changes it, so the scenario
+    does what the shipped rule would, for its own duration; a FUSE node
+    already has the rule's mode and group.
+    """
+    st = NODE.stat()
+    gid = grp.getgrnam(DEVICE_GROUP).gr_gid if TRANSPORT == "cuse" else st.st_gid
+    if TRANSPORT == "cuse":
+        os.chown(NODE, 0, gid)
+        os.chmod(NODE, 0o660)
+    try:
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        done = subprocess.run([*_as_nobody([gid]), python, str(HOSTILE), what, *args],
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=_env())
+    finally:
+        if TRANSPORT == "cuse":
+            os.chown(NODE, st.st_uid, st.st_gid)
+            os.chmod(NODE, st.st_mode & 0o7777)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"hostile_client {what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def hostile(what: str) -> Callable[[Server], dict]:
+    """One hostile scenario; the facts add whether the service is still there and left as it was."""
+    def scenario(server: Server) -> dict:
+        server.ensure()
+        baseline = _quiet_counts(server)
+        args: list[str] = []
+        victim = pathlib.Path("/tmp/hostile-victim")
+        if what == "readonly-file":
+            victim.write_bytes(b"V" * 4096)
+            victim.chmod(0o444)
+            args = [str(victim)]
+        facts = {"client": _hostile(what, *args)}
+        if what == "readonly-file":
+            facts["victim_unchanged"] = victim.read_bytes() == b"V" * 4096
+        facts["service_alive"] = server.alive()
+        facts.update(_settle(server, baseline))
+        return facts
+    return scenario
+
+
+HOSTILE_SCENARIOS = ("readonly-file", "exec", "limits", "full-eventfd", "switcher", "devpage")
+
+
 def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     out: list[tuple[str, Callable[[Server], dict]]] = []
     for bits in ("32", "64"):
@@ -467,6 +521,7 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
         out.append(("udev", udev_rule))
     else:                       # through CUSE every request arrives at offset 0
         out.append(("offsets", offset_conformance))
+    out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     out.append(("server-sigterm", server_sigterm))
     return out

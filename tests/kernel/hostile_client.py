@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""A hostile /dev/lguest user for the kernel tier (issue 13); prints one JSON object.
+
+It runs as `nobody` in the device group, against the genuine node, and does
+what the issue's findings describe, each as its own command.  Its guests are
+a few hand-assembled 32-bit instructions run in linear mode (no page tables
+yet, so virtual = physical): enough to store to a chosen guest-physical
+address, do LGUEST_INIT and NOTIFY, and die on `ud2`.  It reports what the
+service answered; the driver (root) looks at files and the service itself.
+
+  readonly-file PATH   RAM is a shared memfd with PATH (root's, 0444) mapped
+                       read-only MAP_SHARED as its last page; the guest stores
+                       there (finding 1)
+  exec                 mirror-mode RAM; after INITIALIZE the launcher execs a
+                       new program (same pid) with a secret at the same
+                       address, which then runs the guest; the guest NOTIFYs
+                       a string the service pushes to "the launcher" (finding 2)
+  limits               open files, eventfds, live guests until refused (finding 5)
+  full-eventfd         the guest NOTIFYs an eventfd the launcher filled to its
+                       maximum; the read must still end (finding 5)
+  switcher             pfnlimit reaching the switcher region (finding 6)
+  devpage              shared RAM; the guest writes garbage over its device page,
+                       then the launcher sends LHREQ_IRQ (finding 6)
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import mmap
+import os
+import pathlib
+import struct
+import sys
+import threading
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from cuse_lguest import abi  # noqa: E402
+from cuse_lguest.testing.standin import libc, map_at  # noqa: E402
+
+NODE = os.environ.get("LGUEST_DEVICE", "/dev/lguest")
+PAGE = abi.PAGE_SIZE
+MEM = 1 << 20                                # guest RAM below the device pages
+PAGES = MEM // PAGE + abi.DEVICE_PAGES
+CODE, LDATA, STRING = 0x1000, 0x3000, 0x5000 # guest-physical layout of the hand-made guest
+NOTIFY_VALUE = 0x7000
+EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
+MAP_FIXED_NOREPLACE = 0x100000               # never over whatever the new program already has there
+WAIT_S = 30.0
+
+
+# ---- the guest ---------------------------------------------------------------------------
+
+def mov_eax(v: int) -> bytes:
+    return b"\xB8" + struct.pack("<I", v)
+
+
+def mov_ebx(v: int) -> bytes:
+    return b"\xBB" + struct.pack("<I", v)
+
+
+def store(gpa: int, value: int) -> bytes:
+    """mov dword [gpa], value"""
+    return b"\xC7\x05" + struct.pack("<II", gpa, value)
+
+
+HYPERCALL = bytes([0xCD, abi.LGUEST_TRAP_ENTRY])
+UD2 = b"\x0F\x0B"
+SPIN = b"\xEB\xFE"
+LGUEST_INIT = mov_eax(abi.LHCALL_LGUEST_INIT) + mov_ebx(LDATA) + HYPERCALL
+
+
+def notify(value: int) -> bytes:
+    return mov_eax(abi.LHCALL_NOTIFY) + mov_ebx(value) + HYPERCALL
+
+
+def load(buf, code: bytes) -> None:
+    """The guest's code at CODE and an lguest_data the handshake accepts at LDATA."""
+    buf[CODE:CODE + len(code)] = code
+    struct.pack_into("<I", buf, LDATA + abi.LGUEST_DATA_SYSCALL_VEC, abi.SYSCALL_VECTOR)
+
+
+# ---- the device -----------------------------------------------------------------------------
+
+def words(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def attempt(fn) -> str:
+    try:
+        fn()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return "OK"
+
+
+def initialize(fd: int, base: int, pfnlimit: int = PAGES) -> str:
+    return attempt(lambda: os.write(fd, words(abi.LHREQ_INITIALIZE, base, pfnlimit, CODE)))
+
+
+def read_outcome(fd: int, wait: float = WAIT_S) -> dict:
+    """One read(), in a thread so a read the service never answers is reported, not waited for."""
+    out: dict = {}
+
+    def go() -> None:
+        try:
+            out["read"] = os.read(fd, 8).hex()
+        except OSError as e:
+            out["read"] = errno.errorcode.get(e.errno, str(e.errno))
+            if e.errno == errno.ENOENT:
+                out["reason"] = attempt_text(fd)
+    reader = threading.Thread(target=go, daemon=True)
+    reader.start()
+    reader.join(wait)
+    if reader.is_alive():
+        out["read"] = "BLOCKED"
+    return out
+
+
+def attempt_text(fd: int) -> str:
+    try:
+        return os.read(fd, 256).rstrip(b"\0").decode(errors="replace")
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def shared_ram(pages: int = PAGES, extra: int = 0):
+    """A MAP_SHARED memfd of `pages` pages (plus `extra` reserved pages after it): (buf, base)."""
+    lc = libc()
+    base = map_at(lc, None, (pages + extra) * PAGE, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    ram = os.memfd_create("hostile-ram")
+    os.ftruncate(ram, pages * PAGE)
+    map_at(lc, base, pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, ram)
+    return memoryview(mmap.mmap(ram, pages * PAGE, mmap.MAP_SHARED)), base
+
+
+# ---- the findings ---------------------------------------------------------------------------
+
+def readonly_file(path: str) -> dict:
+    """Finding 1: the guest stores into a page that is root's read-only file."""
+    ram_pages = PAGES - 1
+    buf, base = shared_ram(ram_pages, extra=1)
+    victim = os.open(path, os.O_RDONLY)
+    map_at(libc(), base + ram_pages * PAGE, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, victim)
+    target = ram_pages * PAGE
+    load(buf, store(target, 0x444E5750) + UD2)                 # "PWND"
+    fd = os.open(NODE, os.O_RDWR)
+    out = {"initialize": initialize(fd, base), "victim_gpa": target}
+    if out["initialize"] == "OK":
+        out.update(read_outcome(fd))
+    os.close(fd)
+    return out
+
+
+def exec_reuse() -> dict:
+    """Finding 2, first program: private RAM, INITIALIZE, then exec under the same pid."""
+    lc = libc()
+    base = map_at(lc, None, PAGES * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = memoryview((ctypes.c_char * (PAGES * PAGE)).from_address(base)).cast("B")
+    load(buf, LGUEST_INIT + notify(STRING) + UD2)
+    buf[STRING:STRING + 5] = b"PWND\0"
+    fd = os.open(NODE, os.O_RDWR)
+    result = initialize(fd, base)
+    if result != "OK":
+        return {"initialize": result}
+    os.set_inheritable(fd, True)
+    os.execv(sys.executable, [sys.executable, __file__, "exec-reborn", str(fd), str(base), result])
+
+
+def exec_reborn(fd: int, base: int, initialized: str) -> dict:
+    """Finding 2, the program after exec: its own secret where the old RAM was, then the guest runs."""
+    lc = libc()
+    map_at(lc, base, PAGES * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+           mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+    ctypes.memset(base, 0x53, PAGES * PAGE)                      # "SSSS..."
+    out = {"initialize": initialized, "pid": os.getpid()}
+    out.update(read_outcome(fd))
+    out["secret_at_string"] = ctypes.string_at(base + STRING, 5).decode(errors="replace")
+    out["secret_intact"] = ctypes.string_at(base, PAGES * PAGE) == b"S" * (PAGES * PAGE)
+    return out
+
+
+def limits() -> dict:
+    """Finding 5: what one user can make the service hold."""
+    out: dict = {}
+    files: list[int] = []
+    try:
+        while len(files) < 300:
+            files.append(os.open(NODE, os.O_RDWR))
+    except OSError as e:
+        out["open_error"] = errno.errorcode.get(e.errno, str(e.errno))
+    out["opens"] = len(files)
+    for fd in files[1:]:
+        os.close(fd)
+    fd = files[0]
+    buf, base = shared_ram()
+    out["initialize"] = initialize(fd, base)
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    registered = 0
+    try:
+        while registered < 300:
+            os.write(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE + registered, efd))
+            registered += 1
+    except OSError as e:
+        out["eventfd_error"] = errno.errorcode.get(e.errno, str(e.errno))
+    out["eventfds"] = registered
+    os.close(efd)
+    os.close(fd)
+    guests: list[int] = []
+    rams = []
+    try:
+        while len(guests) < 40:
+            g = os.open(NODE, os.O_RDWR)
+            guests.append(g)
+            rams.append(shared_ram(MEM // PAGE + 1))
+            result = initialize(g, rams[-1][1], MEM // PAGE + 1)
+            if result != "OK":
+                out["guest_error"] = result
+                guests.pop()
+                os.close(g)
+                break
+    finally:
+        out["guests"] = len(guests)
+        for g in guests:
+            os.close(g)
+    return out
+
+
+def full_eventfd() -> dict:
+    """Finding 5: the guest NOTIFYs an eventfd the launcher filled to its maximum."""
+    buf, base = shared_ram()
+    load(buf, LGUEST_INIT + notify(NOTIFY_VALUE) + UD2)
+    fd = os.open(NODE, os.O_RDWR)
+    out = {"initialize": initialize(fd, base)}
+    efd = os.eventfd(0, os.EFD_CLOEXEC)
+    os.eventfd_write(efd, EVENTFD_MAX)
+    out["eventfd"] = attempt(lambda: os.write(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE, efd)))
+    started = time.monotonic()
+    out.update(read_outcome(fd))
+    out["read_s"] = round(time.monotonic() - started, 3)
+    out["count_kept"] = os.eventfd_read(efd) == EVENTFD_MAX if out["read"] != "BLOCKED" else None
+    os.close(fd)
+    return out
+
+
+def switcher() -> dict:
+    """Finding 6: pfnlimit over the switcher region, with memory that covers it (a sparse memfd)."""
+    pfnlimit = (0xFFC00000 >> 12) + 1
+    ram = os.memfd_create("hostile-big")
+    os.ftruncate(ram, pfnlimit * PAGE)
+    base = map_at(libc(), None, pfnlimit * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, ram)
+    fd = os.open(NODE, os.O_RDWR)
+    started = time.monotonic()
+    out = {"initialize": initialize(fd, base, pfnlimit), "initialize_s": round(time.monotonic() - started, 3)}
+    os.close(fd)
+    return out
+
+
+def devpage() -> dict:
+    """Finding 6: garbage over the device page in shared mode, then an LHREQ_IRQ."""
+    buf, base = shared_ram()
+    buf[abi.BP_E820_ENTRIES] = 1
+    abi.E820_ENTRY.pack_into(buf, abi.BP_E820_MAP, 0, MEM, abi.E820_RAM)
+    big = abi.device_record_size(255, 255, 255)
+    header = int.from_bytes(bytes([abi.VIRTIO_ID_BLOCK, 255, 255, 255]), "little")
+    load(buf, LGUEST_INIT + store(MEM, header) + store(MEM + big, header) + SPIN)
+    fd = os.open(NODE, os.O_RDWR)
+    out = {"initialize": initialize(fd, base)}
+    stop = threading.Event()
+
+    def kick() -> None:
+        while not stop.wait(0.1):
+            try:
+                os.write(fd, words(abi.LHREQ_IRQ, 1))
+            except OSError as e:
+                out.setdefault("irq_errors", []).append(errno.errorcode.get(e.errno, str(e.errno)))
+                if len(out["irq_errors"]) > 5:
+                    return
+    kicker = threading.Thread(target=kick, daemon=True)
+    kicker.start()
+    out.update(read_outcome(fd))
+    stop.set()
+    kicker.join(5)
+    os.close(fd)
+    return out
+
+
+def main() -> int:
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "readonly-file":
+        out = readonly_file(sys.argv[2])
+    elif what == "exec":
+        out = exec_reuse()
+    elif what == "exec-reborn":
+        out = exec_reborn(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    elif what in ("limits", "full-eventfd", "switcher", "devpage"):
+        out = {"limits": limits, "full-eventfd": full_eventfd, "switcher": switcher, "devpage": devpage}[what]()
+    else:
+        print(f"usage: {sys.argv[0]} readonly-file PATH | exec | limits | full-eventfd | switcher | devpage",
+              file=sys.stderr)
+        return 2
+    out["uid"], out["groups"] = os.getuid(), os.getgroups()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
