@@ -30,15 +30,15 @@ import json
 import mmap
 import os
 import pathlib
+import signal
 import struct
 import sys
 import threading
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from cuse_lguest import abi  # noqa: E402
-from cuse_lguest.testing.standin import libc, map_at  # noqa: E402
+from cuse_lguest.testing.standin import PYTHON, libc, map_at  # noqa: E402
 
 NODE = os.environ.get("LGUEST_DEVICE", "/dev/lguest")
 PAGE = abi.PAGE_SIZE
@@ -100,21 +100,31 @@ def initialize(fd: int, base: int, pfnlimit: int = PAGES) -> str:
     return attempt(lambda: os.write(fd, words(abi.LHREQ_INITIALIZE, base, pfnlimit, CODE)))
 
 
-def read_outcome(fd: int, wait: float = WAIT_S) -> dict:
-    """One read(), in a thread so a read the service never answers is reported, not waited for."""
-    out: dict = {}
+def read_once(fd: int) -> dict:
+    """One read() by this thread (it must be the one that sent INITIALIZE), and the reason after ENOENT."""
+    try:
+        return {"read": os.read(fd, 8).hex()}
+    except OSError as e:
+        out = {"read": errno.errorcode.get(e.errno, str(e.errno))}
+        if e.errno == errno.ENOENT:
+            out["reason"] = attempt_text(fd)
+        return out
 
+
+def run_guest(fd: int, base: int, out: dict, before_read=None) -> dict:
+    """INITIALIZE and one read, on a thread of their own, so that a read the service never answers
+    is reported as BLOCKED instead of holding this program (only the INITIALIZE thread may read)."""
     def go() -> None:
-        try:
-            out["read"] = os.read(fd, 8).hex()
-        except OSError as e:
-            out["read"] = errno.errorcode.get(e.errno, str(e.errno))
-            if e.errno == errno.ENOENT:
-                out["reason"] = attempt_text(fd)
-    reader = threading.Thread(target=go, daemon=True)
-    reader.start()
-    reader.join(wait)
-    if reader.is_alive():
+        out["initialize"] = initialize(fd, base)
+        if out["initialize"] != "OK":
+            return
+        if before_read is not None:
+            before_read()
+        out.update(read_once(fd))
+    runner = threading.Thread(target=go, daemon=True)
+    runner.start()
+    runner.join(WAIT_S)
+    if runner.is_alive():
         out["read"] = "BLOCKED"
     return out
 
@@ -147,10 +157,9 @@ def readonly_file(path: str) -> dict:
     target = ram_pages * PAGE
     load(buf, store(target, 0x444E5750) + UD2)                 # "PWND"
     fd = os.open(NODE, os.O_RDWR)
-    out = {"initialize": initialize(fd, base), "victim_gpa": target}
-    if out["initialize"] == "OK":
-        out.update(read_outcome(fd))
-    os.close(fd)
+    out = run_guest(fd, base, {"victim_gpa": target})
+    if out.get("read") != "BLOCKED":
+        os.close(fd)
     return out
 
 
@@ -167,7 +176,7 @@ def exec_reuse() -> dict:
     if result != "OK":
         return {"initialize": result}
     os.set_inheritable(fd, True)
-    os.execv(sys.executable, [sys.executable, __file__, "exec-reborn", str(fd), str(base), result])
+    os.execv(PYTHON, [PYTHON, __file__, "exec-reborn", str(fd), str(base), result])
 
 
 def exec_reborn(fd: int, base: int, initialized: str) -> dict:
@@ -177,7 +186,9 @@ def exec_reborn(fd: int, base: int, initialized: str) -> dict:
            mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
     ctypes.memset(base, 0x53, PAGES * PAGE)                      # "SSSS..."
     out = {"initialize": initialized, "pid": os.getpid()}
-    out.update(read_outcome(fd))
+    signal.alarm(int(WAIT_S))                 # only this thread may read: a read that never ends kills us
+    out.update(read_once(fd))
+    signal.alarm(0)
     out["secret_at_string"] = ctypes.string_at(base + STRING, 5).decode(errors="replace")
     out["secret_intact"] = ctypes.string_at(base, PAGES * PAGE) == b"S" * (PAGES * PAGE)
     return out
@@ -234,15 +245,16 @@ def full_eventfd() -> dict:
     buf, base = shared_ram()
     load(buf, LGUEST_INIT + notify(NOTIFY_VALUE) + UD2)
     fd = os.open(NODE, os.O_RDWR)
-    out = {"initialize": initialize(fd, base)}
     efd = os.eventfd(0, os.EFD_CLOEXEC)
     os.eventfd_write(efd, EVENTFD_MAX)
-    out["eventfd"] = attempt(lambda: os.write(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE, efd)))
-    started = time.monotonic()
-    out.update(read_outcome(fd))
-    out["read_s"] = round(time.monotonic() - started, 3)
-    out["count_kept"] = os.eventfd_read(efd) == EVENTFD_MAX if out["read"] != "BLOCKED" else None
-    os.close(fd)
+    out: dict = {}
+
+    def register() -> None:
+        out["eventfd"] = attempt(lambda: os.write(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE, efd)))
+    run_guest(fd, base, out, before_read=register)
+    if out.get("read") != "BLOCKED":
+        out["count_kept"] = os.eventfd_read(efd) == EVENTFD_MAX
+        os.close(fd)
     return out
 
 
@@ -253,8 +265,7 @@ def switcher() -> dict:
     os.ftruncate(ram, pfnlimit * PAGE)
     base = map_at(libc(), None, pfnlimit * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, ram)
     fd = os.open(NODE, os.O_RDWR)
-    started = time.monotonic()
-    out = {"initialize": initialize(fd, base, pfnlimit), "initialize_s": round(time.monotonic() - started, 3)}
+    out = {"initialize": initialize(fd, base, pfnlimit)}
     os.close(fd)
     return out
 
@@ -268,7 +279,7 @@ def devpage() -> dict:
     header = int.from_bytes(bytes([abi.VIRTIO_ID_BLOCK, 255, 255, 255]), "little")
     load(buf, LGUEST_INIT + store(MEM, header) + store(MEM + big, header) + SPIN)
     fd = os.open(NODE, os.O_RDWR)
-    out = {"initialize": initialize(fd, base)}
+    out: dict = {}
     stop = threading.Event()
 
     def kick() -> None:
@@ -280,11 +291,11 @@ def devpage() -> dict:
                 if len(out["irq_errors"]) > 5:
                     return
     kicker = threading.Thread(target=kick, daemon=True)
-    kicker.start()
-    out.update(read_outcome(fd))
+    run_guest(fd, base, out, before_read=kicker.start)
     stop.set()
-    kicker.join(5)
-    os.close(fd)
+    if out.get("read") != "BLOCKED":
+        kicker.join(5)
+        os.close(fd)
     return out
 
 
