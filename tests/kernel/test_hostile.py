@@ -16,8 +16,9 @@ pytestmark = pytest.mark.vm
 
 
 def clean(facts: dict) -> bool:
-    """The service is still there, with the threads and fds it had before the scenario."""
-    return facts["service_alive"] and facts["after"] == facts["baseline"]
+    """The service is still there, with the threads and fds it had before the scenario, and the
+    hostile program could exit (its last close was answered)."""
+    return facts["service_alive"] and facts["after"] == facts["baseline"] and not facts["client"]["exit_hung"]
 
 
 @pytest.mark.kernel_scenario("hostile-readonly-file")
