@@ -101,9 +101,13 @@ def initialize(fd: int, base: int, pfnlimit: int = PAGES) -> str:
 
 
 def read_once(fd: int) -> dict:
-    """One read() by this thread (it must be the one that sent INITIALIZE), and the reason after ENOENT."""
+    """One read by this thread (it must be the one that sent INITIALIZE), and the reason after ENOENT.
+
+    pread at 0, as the project's launcher reads: a plain read() would hold the file's position lock
+    (a FUSE node is a regular file) and keep the IRQ writes of other threads out while it runs.
+    """
     try:
-        return {"read": os.read(fd, 8).hex()}
+        return {"read": os.pread(fd, 8, 0).hex()}
     except OSError as e:
         out = {"read": errno.errorcode.get(e.errno, str(e.errno))}
         if e.errno == errno.ENOENT:
@@ -131,7 +135,7 @@ def run_guest(fd: int, base: int, out: dict, before_read=None) -> dict:
 
 def attempt_text(fd: int) -> str:
     try:
-        return os.read(fd, 256).rstrip(b"\0").decode(errors="replace")
+        return os.pread(fd, 256, 0).rstrip(b"\0").decode(errors="replace")
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e.errno))
 
