@@ -38,6 +38,7 @@ import threading
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from cuse_lguest import abi  # noqa: E402
+from lguest_client import _attempt as attempt, _words as words  # noqa: E402  (this directory)
 from cuse_lguest.testing.standin import PYTHON, libc, map_at  # noqa: E402
 
 NODE = os.environ.get("LGUEST_DEVICE", "/dev/lguest")
@@ -83,18 +84,6 @@ def load(buf, code: bytes) -> None:
 
 
 # ---- the device -----------------------------------------------------------------------------
-
-def words(*values: int) -> bytes:
-    return struct.pack(f"<{len(values)}Q", *values)
-
-
-def attempt(fn) -> str:
-    try:
-        fn()
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-    return "OK"
-
 
 def initialize(fd: int, base: int, pfnlimit: int = PAGES) -> str:
     return attempt(lambda: os.write(fd, words(abi.LHREQ_INITIALIZE, base, pfnlimit, CODE)))
