@@ -27,6 +27,13 @@ NOBODY = pwd.getpwnam("nobody")
 AS_NOBODY = (NOBODY.pw_uid, NOBODY.pw_gid, [])
 
 
+@pytest.fixture(autouse=True)
+def as_root():
+    """Every test here plays root's service against another user's process (setuid, map_files)."""
+    from tests.conftest import needs_root
+    needs_root()
+
+
 @pytest.fixture
 def public_dir():
     """A directory `nobody` can reach, holding root's files."""
