@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 from cuse_lguest import abi
 from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam, load_kernel
 from cuse_lguest.testing.layout import DeviceArea, VirtDevice, block_config, place_initrd, write_boot_params
-from cuse_lguest.testing.queues import (BlockService, ConsoleInput, ConsoleOutput, QueueWorker, WaitFor,
+from cuse_lguest.testing.queues import (BlockService, ConsoleInput, ConsoleOutput, QueueWorker, Stopped, WaitFor,
                                         eventfd_request, irq_request, rng_service)
 from cuse_lguest.testing.transport import Transport
 from cuse_lguest.virtio import Vring
@@ -228,10 +228,19 @@ class Launcher:
             worker.start()
 
     def _send_irq(self, transport: Transport, irq: int) -> None:
+        """LHREQ_IRQ for a queue worker.
+
+        ENOENT means the Guest has already died: a helper that finished a
+        request just as the Guest powered off lost a race it cannot win.  The
+        C launchers exit on it (and take the launcher down); here the worker
+        simply stops, so the run loop's own read reports the death and its
+        reason, which is what a test wants to see.  Any other error is fatal.
+        """
         got = transport.write(irq_request(transport.word, irq))
+        if got == -errno.ENOENT:
+            raise Stopped
         if got != 0:
             raise LauncherError(f"Triggering irq {irq}: {os.strerror(-got) if got < 0 else got}")
-
 
     def _stop_workers(self, dev: VirtDevice) -> None:
         for worker in self._workers.pop(dev.name, []):

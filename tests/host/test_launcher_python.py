@@ -21,7 +21,8 @@ from cuse_lguest import abi
 from cuse_lguest.core.contract import RunExit
 from cuse_lguest.device import Device
 from cuse_lguest.testing.kernels import make_elf
-from cuse_lguest.testing.launcher import Block, Launcher, Rng, WaitFor
+from cuse_lguest.testing.launcher import Block, Launcher, LauncherError, Rng, WaitFor
+from cuse_lguest.testing.queues import Stopped
 from cuse_lguest.testing.transport import DeviceTransport
 from cuse_lguest.virtio import Buffer, Vring, parse_device_page
 
@@ -229,3 +230,24 @@ def test_second_start_while_running_is_fatal(kernel):
 
     result, _ = run_script(kernel, script)
     assert result.error == "Device console features finalized twice"
+
+
+class _IrqTransport:
+    """Answers every write with one result: just enough for Launcher._send_irq."""
+    word = 4
+
+    def __init__(self, result: int) -> None:
+        self.result = result
+
+    def write(self, data: bytes) -> int:
+        return self.result
+
+
+def test_an_irq_for_a_guest_that_already_died_stops_the_helper_quietly(kernel):
+    # A helper finishing a request just as the Guest powers off gets ENOENT:
+    # the run loop reports the death, so the helper must not fail the launch.
+    launcher = Launcher(kernel, mem_mb=MEM_MB)
+    with pytest.raises(Stopped):
+        launcher._send_irq(_IrqTransport(-errno.ENOENT), 2)
+    with pytest.raises(LauncherError, match="Triggering irq 2"):
+        launcher._send_irq(_IrqTransport(-errno.EINVAL), 2)
