@@ -10,6 +10,7 @@
 #include "launcher.h"
 
 #include <err.h>
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -29,8 +30,17 @@ void trigger_irq(struct vq *vq)
 	if (vq->vring.avail->flags & VRING_AVAIL_F_NO_INTERRUPT)
 		return;
 	unsigned long req[2] = { LHREQ_IRQ, vq->irq };
-	if (write(lguest_fd, req, sizeof(req)) != 0)
-		err(1, "Triggering irq %u", vq->irq);
+	if (write(lguest_fd, req, sizeof(req)) == 0)
+		return;
+	/*
+	 * ENOENT: the Guest is dead.  The launcher's own read says why and then
+	 * stops us; exiting here would race it and replace the Guest's last
+	 * words with ours.
+	 */
+	if (errno == ENOENT)
+		for (;;)
+			pause();
+	err(1, "Triggering irq %u", vq->irq);
 }
 
 static void wait_for_kick(struct vq *vq)
