@@ -12,6 +12,7 @@ import ctypes
 import errno
 import mmap
 import os
+import time
 
 import pytest
 
@@ -19,7 +20,7 @@ from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.handles import MIRROR, acquire
-from cuse_lguest.memory.mirror import MirrorGuestMemory
+from cuse_lguest.memory.mirror import EXIT_POLL_INTERVAL_NS, MirrorGuestMemory
 from cuse_lguest.memory.shared import SharedGuestMemory, open_guest_memory
 from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam
 from cuse_lguest.testing.layout import DeviceArea, write_boot_params
@@ -156,8 +157,26 @@ def test_a_polling_guest_sees_used_buffers_at_its_next_exit(launcher, mirror):
     mirror.before_notify(ours.gpa)
     theirs.write_buffers(theirs.chain(0).writable, b"polled!!")
     theirs.push_used(0, 8)
+    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
     mirror.at_exit()
     assert ours.used_idx == 1 and mirror.read_bytes(0x20000, 8) == b"polled!!"
+
+
+def test_exits_poll_at_most_once_per_interval(launcher, mirror):
+    """Every system call of a Linux Guest is an exit: polling at each one cost more than its I/O."""
+    theirs, ours = start_device(launcher, mirror)
+    ours.add_chain(0, [Buffer(0x20000, 8, True)])
+    mirror.before_notify(ours.gpa)
+    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
+    mirror.at_exit()                                  # polls: nothing used yet
+    polls = mirror.syncs.exit_polls
+    theirs.write_buffers(theirs.chain(0).writable, b"later!!!")
+    theirs.push_used(0, 8)
+    mirror.at_exit()                                  # too soon after the last poll
+    assert mirror.syncs.exit_polls == polls and ours.used_idx == 0
+    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
+    mirror.at_exit()
+    assert mirror.syncs.exit_polls == polls + 1 and ours.used_idx == 1
 
 
 def test_guest_owned_bytes_never_cross_without_a_notify(launcher, mirror):
@@ -197,6 +216,7 @@ def test_unmapped_launcher_memory_is_a_guest_fault(launcher, mirror):
     start_device(launcher, mirror)
     launcher.close()
     for sync in (mirror.at_run_entry, mirror.on_irq, mirror.at_exit, lambda: mirror.before_notify(0x40000)):
+        time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)          # at_exit polls at most this often
         with pytest.raises(GuestFault, match=r"^launcher memory gone: .+ \(pid \d+\)$"):
             sync()
     counts = mirror.counters()
