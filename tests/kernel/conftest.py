@@ -40,6 +40,7 @@ DRIVER = HERE / "driver.py"
 VM_TIMEOUT = float(os.environ.get("KERNEL_TIER_TIMEOUT", "1200"))
 MARKER = "kernel_scenario"
 TRANSPORTS = ("cuse", "fuse")
+LINUX_VARS = ("LGUEST_LINUX_KERNEL", "LGUEST_LINUX_INITRD", "LGUEST_HISTORICAL_LAUNCHER")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,8 @@ def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pat
     progress = _progress(request, transport)
     if transport == "cuse":
         command_line = " ".join(command + ["--only", *wanted])
-        result = vm.run(command_line, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT), on_line=progress)
+        kit = {var: os.environ[var] for var in LINUX_VARS if var in os.environ}    # the Linux scenarios' files
+        result = vm.run(command_line, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, env=kit), on_line=progress)
     else:
         # Another user opens the node in the permission scenarios: the directory must be
         # searchable by everyone, which pytest's own temporary directories are not.

@@ -49,6 +49,8 @@ TRANSPORT = "cuse"
 SCRATCH = pathlib.Path("/tmp")
 MEM_MB = "16"
 LAUNCH_TIMEOUT = 120.0
+# One Linux Guest boot to power-off: seconds on the host through FUSE, minutes in the VM (nested emulation).
+LINUX_TIMEOUT = {"fuse": 300.0, "cuse": 1500.0}
 NODE_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 10.0
 NOBODY = 65534
@@ -165,17 +167,20 @@ class Launch:
         for path in (launcher, GUEST):
             if not path.exists():
                 raise Blocked(f"{path.relative_to(ROOT)} is not built")
-        self.argv = [str(launcher), *options, MEM_MB, str(GUEST), *guest_args]
+        self.start([str(launcher), *options, MEM_MB, str(GUEST), *guest_args])
+        if stdin:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(stdin)
+            self.proc.stdin.flush()
+
+    def start(self, argv: list[str]) -> None:
+        self.argv = argv
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True, env=_env())
         self.chunks: list[bytes] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        if stdin:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(stdin)
-            self.proc.stdin.flush()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -533,6 +538,9 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
+    sys.modules["driver"] = sys.modules[__name__]      # linux_guests imports us by name: one copy of the globals
+    import linux_guests
+    out += linux_guests.scenarios(LINUX_TIMEOUT[TRANSPORT], repeat_blk=10)
     out.append(("server-sigterm", server_sigterm))
     return out
 
