@@ -18,7 +18,8 @@ launcher's MAP_PRIVATE RAM, overrides them.  The core calls them at:
                         what the device wrote (used rings, buffers, config)
   at_exit()             at every Guest exit: pull ring pages while rings are
                         active, so a Guest polling without interrupts still
-                        makes progress
+                        makes progress (mirror mode looks at most once a
+                        millisecond: a Linux Guest exits at every system call)
 """
 from __future__ import annotations
 
