@@ -7,14 +7,14 @@ cpu/stopper.py) and an eventfd that wakes a halted one.  That is the whole
 concurrency story: LHREQ_IRQ, the timer and the device's interrupt() all
 reduce to "change state, then kick".
 
-The pending-IRQ word lives in native memory (IrqLine, struct lg_irqs in
-cpu/_native_build.py) because the CUSE transport answers the hot LHREQ_IRQ
-write in C, without the GIL: it calls lg_irq_inject on the line the device
-hands it.  Python changes the word with the same atomic helpers, so neither
-side needs the other's lock.  A halted vCPU sleeps in a read of the line's
-eventfd (the GIL released), which C can post as easily as Python; a post
+The pending-IRQ word lives in a shared page of native memory (core/irqline.py)
+because the CUSE transport answers the hot LHREQ_IRQ write in C, without the
+GIL and maybe from another process: it calls lg_irq_inject on the line the
+device hands it.  Python changes the word with the same atomic helpers, so
+neither side needs the other's lock.  A halted vCPU sleeps in a read of the
+line's pipe (the GIL released), which C can post as easily as Python; a post
 left over from a kick that came while the vCPU was running costs one extra
-look.  Kicks write the eventfd only while the vCPU says it sleeps, which
+look.  Kicks write the pipe only while the vCPU says it sleeps, which
 spares the common case (a running or never-run Guest) a system call per
 IRQ.  A halted Guest's IRQ latency is mostly that wake-up.
 
@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 
 from cuse_lguest import abi
 from cuse_lguest.core import exitstats
 from cuse_lguest.core.contract import GuestParams, GuestSetupError, RunExit
+from cuse_lguest.core.irqline import IrqLine
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
-from cuse_lguest.cpu._native import ffi, lib
 from cuse_lguest.memory.shared import open_guest_memory
 
 log = logging.getLogger("cuse_lguest.core")
@@ -48,7 +47,8 @@ RETRY_DELIVERY_NS = 1_000_000
 class LguestGuest:
     """One Guest with one vCPU (implements contract.Guest)."""
 
-    def __init__(self, params: GuestParams) -> None:
+    def __init__(self, params: GuestParams, line: IrqLine | None = None) -> None:
+        """`line`: the IRQ line a worker adopted from the front end; a new one when None."""
         self.name = params.name
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -56,27 +56,27 @@ class LguestGuest:
         self._destroyed = False
         self._death: str | int | None = None
         self._retry = _RetryTick()      # the timer key for delayed re-delivery
-        self.memory = open_guest_memory(params.memory)
-        # Whatever fails from here (Unicorn, an eventfd when the service is
+        # The IRQ line's page also holds the vCPU's stop flag, so that a C
+        # injector (the transport, maybe in another process) can raise it.
+        # Whatever fails after it (Unicorn, a descriptor when the service is
         # out of fds) must give back what was already built, above all the
         # guest RAM mapping.
+        self.irq_line = line if line is not None else IrqLine.create()
         try:
-            stats = (exitstats.ExitStats.anonymous(params.name, params.pid) if params.stats_fd is None
-                     else exitstats.ExitStats.from_fd(params.stats_fd))
+            self.memory = open_guest_memory(params.memory)
             try:
-                self.vcpu = VCpu(self, params, self.memory, stats)
+                stats = (exitstats.ExitStats.anonymous(params.name, params.pid) if params.stats_fd is None
+                         else exitstats.ExitStats.from_fd(params.stats_fd))
+                try:
+                    self.vcpu = VCpu(self, params, self.memory, self.irq_line, stats)
+                except BaseException:
+                    stats.close()
+                    raise
             except BaseException:
-                stats.close()
-                raise
-            try:
-                # The stop flag's native struct: StopFlag keeps it to itself,
-                # but a C raiser must set it too.
-                self.irq_line = IrqLine(self.vcpu.machine.stop.native)
-            except BaseException:
-                self.vcpu.close()
+                self.memory.close()
                 raise
         except BaseException:
-            self.memory.close()
+            self.irq_line.close()
             raise
         timers.attach()
 
@@ -197,65 +197,6 @@ class LguestGuest:
         with self._lock:
             if not self._destroyed:
                 self._kick()
-
-
-class IrqLine:
-    """A Guest's pending-IRQ word and wake-up eventfd in native memory (struct lg_irqs).
-
-    Opaque to the device, which hands it to its transport: `inject` is the
-    address of lg_irq_inject(target, irq), and `target` the address of the
-    state it changes.  A transport that calls it must stop before the file's
-    release destroys the Guest (close() then frees the eventfd).  Python's
-    own raises run under the Guest's lock, which close() also takes.
-    """
-
-    inject = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_irq_inject")))
-
-    def __init__(self, stop) -> None:
-        self._stop = stop                 # keeps the stop flag alive as long as the line
-        self._state = ffi.new("struct lg_irqs *")
-        self._state.stop = stop
-        self._state.alive = 1
-        self._state.wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self.target = int(ffi.cast("uintptr_t", self._state))
-
-    @property
-    def pending(self) -> int:
-        return self._state.pending
-
-    @property
-    def from_launcher(self) -> bool:
-        return bool(self._state.from_launcher)
-
-    def raise_irqs(self, bits: int, *, from_launcher: bool = False) -> None:
-        lib.lg_irq_raise(self._state, bits, from_launcher)
-
-    def kick(self) -> None:
-        lib.lg_irq_kick(self._state)
-
-    def take(self, bits: int) -> None:
-        lib.lg_irq_take(self._state, bits)
-
-    def take_launcher_mark(self) -> bool:
-        """Was there an LHREQ_IRQ since the last call?  (Clears the mark.)"""
-        return bool(lib.lg_irq_take_launcher_mark(self._state))
-
-    def retire(self) -> None:
-        """The Guest died: from now on lg_irq_inject leaves every IRQ to Python."""
-        self._state.alive = 0
-
-    def sleeping(self, asleep: bool) -> None:
-        """vCPU thread: kicks write the eventfd only between sleeping(True) and sleeping(False)."""
-        lib.lg_irq_sleeping(self._state, asleep)
-
-    def wait(self) -> None:
-        """vCPU thread: sleep, without the GIL, until the next kick (or return for an old one)."""
-        os.eventfd_read(self._state.wake_fd)
-
-    def close(self) -> None:
-        fd, self._state.wake_fd = self._state.wake_fd, -1
-        if fd >= 0:
-            os.close(fd)
 
 
 class _RetryTick:

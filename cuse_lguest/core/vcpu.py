@@ -38,6 +38,7 @@ from cuse_lguest.memory.guest_memory import GuestMemory
 
 if TYPE_CHECKING:
     from cuse_lguest.core.guest import LguestGuest
+    from cuse_lguest.core.irqline import IrqLine
 
 _stat_add = lib.lg_stat_add     # exitstats.ExitStats.add without its Python frame (every exit)
 
@@ -50,7 +51,7 @@ class VCpu:
     """The one vCPU of a Guest.  Everything here runs on the thread inside Guest.run()."""
 
     def __init__(self, guest: "LguestGuest", params: GuestParams, memory: GuestMemory,
-                 stats: exitstats.ExitStats) -> None:
+                 line: "IrqLine", stats: exitstats.ExitStats) -> None:
         self.guest = guest
         self.memory = memory
         self.stats = stats
@@ -62,7 +63,7 @@ class VCpu:
         self.sync_on_irq = self._timed_sync(exitstats.SYNC_IRQ, "on_irq")
         self._slept_ns = 0
         self.claim_notify = params.claim_notify
-        self.machine = Machine(memory, params.start)
+        self.machine = Machine(memory, params.start, line.stop, line)
         self.regs = self.machine.regs
         # Every int exit needs CS (hypercall or trap?) and a hypercall needs
         # five more: one native call reads all six.

@@ -23,8 +23,8 @@ struct lg_irqs is a Guest's pending-IRQ word, shared by Python and C (the
 CUSE transport answers the hot LHREQ_IRQ write without Python through
 lg_irq_inject).  Every change is an atomic read-modify-write, so no lock is
 needed.  A raise is "change, then kick": set the stop flag for a running
-vCPU and write the eventfd a halted one sleeps on (with the GIL released).
-The eventfd is written only while the vCPU says it is `sleeping`: a system
+vCPU and write the pipe a halted one sleeps on (with the GIL released).
+The wake-up descriptor is written only while the vCPU says it is `sleeping`: a system
 call per IRQ costs the transport's fast path dearly under emulation.  Both
 sides store before they load (the vCPU `sleeping`, then the pending state;
 the kicker the pending state, then reads `sleeping`), each a sequentially
@@ -32,6 +32,15 @@ consistent access, so at least one sees the other: no lost wake-up.
 A launcher's IRQ marks `from_launcher` *before* its pending bit: whoever sees
 the bit and then exchanges the mark is sure to find it, so the memory sync
 point that goes with an LHREQ_IRQ (mirror mode) is never skipped.
+
+The Guest may run in another process than the injector (the service's front
+end injects, a worker runs the vCPU).  So the state both sides change,
+struct lg_irq_shared and the stop flag, lives in one shared page, and
+struct lg_irqs is each process's own handle on it: pointers into its own
+mapping of the page, and the descriptor *it* posts to wake the vCPU.  The
+atomics above are just as atomic across processes on one MAP_SHARED page.
+A side never follows a pointer it finds inside the page, so whatever the
+other process writes there can only change IRQ bits, never where we write.
 
 struct lg_exit_stats is a Guest's exit profile (core/exitstats.py): a count
 and a host time for each kind of exit, in a mapping of a file or memfd that
@@ -63,13 +72,16 @@ ffibuilder.cdef("""
     void lg_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data);
     void lg_stop_clear(struct lg_stop *s);
 
-    struct lg_irqs {
+    struct lg_irq_shared {
         volatile uint32_t pending;        /* IRQ n pending <=> bit n */
         volatile uint32_t from_launcher;  /* an LHREQ_IRQ came since the vCPU last looked */
         volatile uint32_t alive;          /* 0 once the Guest died: lg_irq_inject refuses */
         volatile uint32_t sleeping;       /* the vCPU may be in (or about to enter) the read */
-        int wake_fd;                      /* eventfd a halted vCPU reads; -1 once closed */
-        struct lg_stop *stop;
+    };
+    struct lg_irqs {
+        struct lg_irq_shared *sh;         /* in this process's mapping of the shared page */
+        volatile int *stop;               /* the vCPU's stop flag, in the same page */
+        int wake_fd;                      /* what this process writes to wake a halted vCPU; -1 once closed */
     };
     void lg_irq_sleeping(struct lg_irqs *s, int sleeping);
     void lg_irq_raise(struct lg_irqs *s, uint32_t bits, int from_launcher);
@@ -120,33 +132,36 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
         __atomic_store_n(&s->flag, 0, __ATOMIC_SEQ_CST);
     }
 
-    struct lg_irqs {
+    struct lg_irq_shared {
         volatile uint32_t pending;
         volatile uint32_t from_launcher;
         volatile uint32_t alive;
         volatile uint32_t sleeping;
+    };
+    struct lg_irqs {
+        struct lg_irq_shared *sh;
+        volatile int *stop;
         int wake_fd;
-        struct lg_stop *stop;
     };
     void lg_irq_sleeping(struct lg_irqs *s, int sleeping)
     {
-        __atomic_store_n(&s->sleeping, (uint32_t)sleeping, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&s->sh->sleeping, (uint32_t)sleeping, __ATOMIC_SEQ_CST);
     }
     void lg_irq_kick(struct lg_irqs *s)
     {
-        uint64_t one = 1;
-        __atomic_store_n(&s->stop->flag, 1, __ATOMIC_SEQ_CST);
-        if (!__atomic_load_n(&s->sleeping, __ATOMIC_SEQ_CST))
+        char one = 1;
+        __atomic_store_n(s->stop, 1, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&s->sh->sleeping, __ATOMIC_SEQ_CST))
             return;
+        /* A non-blocking pipe: when it is full a wake-up is pending anyway. */
         if (s->wake_fd >= 0 && write(s->wake_fd, &one, sizeof one) < 0) {
-            /* cannot fail on an open eventfd short of 2^64 unread posts */
         }
     }
     void lg_irq_raise(struct lg_irqs *s, uint32_t bits, int from_launcher)
     {
         if (from_launcher)
-            __atomic_store_n(&s->from_launcher, 1, __ATOMIC_SEQ_CST);
-        __atomic_or_fetch(&s->pending, bits, __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->sh->from_launcher, 1, __ATOMIC_SEQ_CST);
+        __atomic_or_fetch(&s->sh->pending, bits, __ATOMIC_SEQ_CST);
         lg_irq_kick(s);
     }
     /* LHREQ_IRQ from C: 0 when done as Guest.irq() would, -1 to leave it to
@@ -154,18 +169,18 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
     int lg_irq_inject(void *irqs, uint64_t irq)
     {
         struct lg_irqs *s = irqs;
-        if (irq >= 32 || !__atomic_load_n(&s->alive, __ATOMIC_SEQ_CST))
+        if (irq >= 32 || !__atomic_load_n(&s->sh->alive, __ATOMIC_SEQ_CST))
             return -1;
         lg_irq_raise(s, 1u << irq, 1);
         return 0;
     }
     void lg_irq_take(struct lg_irqs *s, uint32_t bits)
     {
-        __atomic_and_fetch(&s->pending, ~bits, __ATOMIC_SEQ_CST);
+        __atomic_and_fetch(&s->sh->pending, ~bits, __ATOMIC_SEQ_CST);
     }
     int lg_irq_take_launcher_mark(struct lg_irqs *s)
     {
-        return (int)__atomic_exchange_n(&s->from_launcher, 0, __ATOMIC_SEQ_CST);
+        return (int)__atomic_exchange_n(&s->sh->from_launcher, 0, __ATOMIC_SEQ_CST);
     }
 
     #define LG_STAT_MAGIC 0x5453474c

@@ -53,7 +53,8 @@ CR0_PG = 0x80000000
 class Machine:
     """The CPU of one Guest.  Used only from that Guest's vCPU thread, except `stop`."""
 
-    def __init__(self, memory: GuestMemory, start: int) -> None:
+    def __init__(self, memory: GuestMemory, start: int, stop=None, stop_owner: object = None) -> None:
+        """`stop`: where the stop flag lives (a `struct lg_stop *`, see StopFlag), kept alive by `stop_owner`."""
         self.uc = uc = engine.new_x86()
         try:
             self.ctx = SavedContext(uc)      # refuses to run on an unverified Unicorn
@@ -64,7 +65,7 @@ class Machine:
             self.gdt = HostGdt(self.region)
             self.pgdir = PageDirectoryMirror(memory, self.region)
             self.regs = RawRegs(uc)
-            self.stop = StopFlag(uc)
+            self.stop = StopFlag(uc, stop, stop_owner)
             uc.reg_write(UC_X86_REG_GDTR, (0, self.gdt.base, self.gdt.limit, 0))
             uc.reg_write(UC_X86_REG_CS, BOOT_CS)
             uc.reg_write(UC_X86_REG_SS, BOOT_DS)

@@ -14,8 +14,9 @@ and hands its flag to whichever mechanism this Unicorn offers:
   uc_emu_stop() on the vCPU thread: just as safe, but every block calls into
   the hook, about a fifth of guest compute.
 
-Either way the flag lives in memory this object owns, not inside Unicorn, so
-a request() that races with Machine.close() writes nowhere it should not.
+Either way the flag lives in memory this object keeps alive (the IRQ line's
+shared page), not inside Unicorn, so a request() that races with
+Machine.close() writes nowhere it should not.
 
 Protocol (it cannot lose a request):
   * any thread:  set pending state, then request()      (flag = 1)
@@ -54,17 +55,22 @@ def block_stop_available() -> bool:
     return _symbol(BLOCK_STOP_ENTRY) is not None and STALE_PC_FIX in marker.get("patches", ())
 
 
+
 class StopFlag:
     """The per-Guest stop request, wired to Unicorn's block-start check or to a native block hook.
 
-    Unicorn keeps a pointer into this object either way (the flag, or the
-    hook's user data), so it must live as long as `uc` may run: Machine holds
-    both.  `use_hook=True` forces the block hook where the flag would do, so
-    that tests and the benchmark's diagnostic row can run both on one build.
+    Unicorn keeps a pointer to `state` either way (the flag, or the hook's
+    user data), so it must live as long as `uc` may run: Machine holds the
+    flag, and the flag the owner of `state`.  `state` is a `struct lg_stop *`
+    in memory an injector can reach too, the IRQ line's shared page
+    (core/irqline.py); a private one when none is given.  `use_hook=True`
+    forces the block hook where the flag would do, so that tests and the
+    benchmark's diagnostic row can run both on one build.
     """
 
-    def __init__(self, uc: Uc, *, use_hook: bool = False) -> None:
-        self._state = ffi.new("struct lg_stop *")
+    def __init__(self, uc: Uc, state=None, owner: object = None, *, use_hook: bool = False) -> None:
+        self._owner = owner
+        self._state = state if state is not None else ffi.new("struct lg_stop *")
         handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
         if not use_hook and block_stop_available():
             set_flag = ffi.cast("int (*)(void *, volatile int *)", _symbol(BLOCK_STOP_ENTRY))
@@ -81,12 +87,6 @@ class StopFlag:
             what, self.kind = "uc_hook_add", HOOK
         if err:
             raise RuntimeError(f"cannot install the vCPU stop flag ({what} error {err})")
-
-    @property
-    def native(self):
-        """The `struct lg_stop *` itself, for native code that must raise the flag without Python
-        (the IRQ line of core/guest.py, which the transport's C fast path writes to)."""
-        return self._state
 
     def request(self) -> None:
         """Any thread: make the vCPU leave emulation at its next block boundary."""

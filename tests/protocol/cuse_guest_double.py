@@ -14,8 +14,7 @@ import logging
 import threading
 
 from cuse_lguest.core.contract import GuestParams, RunExit
-from cuse_lguest.core.guest import IrqLine
-from cuse_lguest.cpu._native import ffi
+from cuse_lguest.core.irqline import IrqLine
 from cuse_lguest.testing.nomemory import no_memory
 
 EVENT_VALUE = 0x5E0      # the notify value tests wire to an eventfd
@@ -80,7 +79,7 @@ class NativeLineGuest(IrqNotifyGuest):
 
     def __init__(self, params: GuestParams) -> None:
         super().__init__(params)
-        self.irq_line = IrqLine(ffi.new("struct lg_stop *"))
+        self.irq_line = IrqLine.create()
 
     def die(self, reason: str) -> None:
         self.death = reason
