@@ -52,7 +52,6 @@ class LguestGuest:
         self.name = params.name
         self._lock = threading.Lock()
         self._run_lock = threading.Lock()
-        self._interrupt = False
         self._destroyed = False
         self._death: str | int | None = None
         self._retry = _RetryTick()      # the timer key for delayed re-delivery
@@ -99,17 +98,15 @@ class LguestGuest:
 
     def interrupt(self) -> None:
         with self._lock:
-            self._interrupt = True
-            self._kick()
+            self.irq_line.request_interrupt()
 
     def destroy(self) -> None:
         with self._lock:
             if self._destroyed:
                 return
             self._destroyed = True
-            self._interrupt = True
             self.irq_line.retire()
-            self._kick()
+            self.irq_line.request_interrupt()
         timers.cancel(self)
         timers.cancel(self._retry)
         with self._run_lock:                 # wait for a running vCPU to come out
@@ -154,11 +151,8 @@ class LguestGuest:
         self.irq_line.take(1 << irq)
 
     def take_interrupt_request(self) -> bool:
-        if not self._interrupt:
-            return False                  # the lock-free peek (module docstring)
-        with self._lock:
-            asked, self._interrupt = self._interrupt, False
-            return asked
+        line = self.irq_line
+        return line.interrupt_requested and line.take_interrupt()   # the peek first (module docstring)
 
     def sleep_while_halted(self, vcpu: VCpu) -> None:
         """HALT: sleep until an unblocked IRQ is pending or the device wants the vCPU back.
@@ -171,7 +165,7 @@ class LguestGuest:
         line = self.irq_line
         line.sleeping(True)               # before the look: see cpu/_native_build.py
         try:
-            while not (self._interrupt or line.pending & ~self.memory.read_u32(blocked_at)):
+            while not (line.interrupt_requested or line.pending & ~self.memory.read_u32(blocked_at)):
                 line.wait()
         finally:
             line.sleeping(False)

@@ -145,6 +145,19 @@ class IrqLine:
         """Was there an LHREQ_IRQ since the last call?  (Clears the mark.)"""
         return bool(lib.lg_irq_take_launcher_mark(self._state))
 
+    @property
+    def interrupt_requested(self) -> bool:
+        """The lock-free peek at an interrupt request (the vCPU looks at every exit)."""
+        return bool(self._state.sh.interrupt)
+
+    def request_interrupt(self) -> None:
+        """Make the current (or next) run() return INTERRUPTED: the request, then a kick."""
+        lib.lg_irq_interrupt(self._state)
+
+    def take_interrupt(self) -> bool:
+        """vCPU thread: was an interrupt requested?  (Clears the request.)"""
+        return bool(lib.lg_irq_take_interrupt(self._state))
+
     def retire(self) -> None:
         """The Guest died: from now on lg_irq_inject leaves every IRQ to Python."""
         self._state.sh.alive = 0

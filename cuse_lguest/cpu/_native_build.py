@@ -77,6 +77,7 @@ ffibuilder.cdef("""
         volatile uint32_t from_launcher;  /* an LHREQ_IRQ came since the vCPU last looked */
         volatile uint32_t alive;          /* 0 once the Guest died: lg_irq_inject refuses */
         volatile uint32_t sleeping;       /* the vCPU may be in (or about to enter) the read */
+        volatile uint32_t interrupt;      /* the device wants run() to return (Guest.interrupt) */
     };
     struct lg_irqs {
         struct lg_irq_shared *sh;         /* in this process's mapping of the shared page */
@@ -89,6 +90,8 @@ ffibuilder.cdef("""
     void lg_irq_kick(struct lg_irqs *s);
     void lg_irq_take(struct lg_irqs *s, uint32_t bits);
     int lg_irq_take_launcher_mark(struct lg_irqs *s);
+    void lg_irq_interrupt(struct lg_irqs *s);
+    int lg_irq_take_interrupt(struct lg_irqs *s);
 
     #define LG_STAT_MAGIC 0x5453474c      /* "LGST" */
     #define LG_STAT_VERSION 1
@@ -137,6 +140,7 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
         volatile uint32_t from_launcher;
         volatile uint32_t alive;
         volatile uint32_t sleeping;
+        volatile uint32_t interrupt;
     };
     struct lg_irqs {
         struct lg_irq_shared *sh;
@@ -181,6 +185,15 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
     int lg_irq_take_launcher_mark(struct lg_irqs *s)
     {
         return (int)__atomic_exchange_n(&s->sh->from_launcher, 0, __ATOMIC_SEQ_CST);
+    }
+    void lg_irq_interrupt(struct lg_irqs *s)
+    {
+        __atomic_store_n(&s->sh->interrupt, 1, __ATOMIC_SEQ_CST);
+        lg_irq_kick(s);
+    }
+    int lg_irq_take_interrupt(struct lg_irqs *s)
+    {
+        return (int)__atomic_exchange_n(&s->sh->interrupt, 0, __ATOMIC_SEQ_CST);
     }
 
     #define LG_STAT_MAGIC 0x5453474c
