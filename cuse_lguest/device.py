@@ -391,6 +391,10 @@ class Device:
             os.close(ours)
             return -errno.EINVAL
         f.eventfds.register(addr, ours)
+        # A Guest in another process signals its eventfds itself: it gets a copy.
+        added = getattr(f.guest, "eventfd_added", None)
+        if added is not None:
+            added(addr, ours)
         return 0
 
     # ------------------------------------------------------------------ read

@@ -58,7 +58,14 @@ class GuestParams:
 
 
 class Guest(Protocol):
-    """One Guest with one vCPU.  run() is called only from the owner thread."""
+    """One Guest with one vCPU.  run() is called only from the owner thread.
+
+    Two optional attributes, looked up with getattr by the device: `irq_line`,
+    the native line the transport's C fast path injects into (core/irqline.py),
+    and `eventfd_added(value, fd)`, called after each LHREQ_EVENTFD by a Guest
+    that runs in another process and must signal the eventfd itself (the
+    device's table keeps owning `fd`; worker/proxy.py sends a copy).
+    """
 
     @property
     def death(self) -> str | int | None:
