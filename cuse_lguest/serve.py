@@ -11,6 +11,10 @@ character device /dev/NAME whose mode and group the udev rule sets; FUSE
 (for kernels without CUSE) mounts a one-file filesystem over --node and sets
 the mode and group itself, with the udev rule's defaults.
 
+Every guest runs in a worker process of its own, with the launcher's ids and
+no privilege, forked from a zygote started here (cuse_lguest/worker/);
+`--in-process` keeps them in this process, for debugging.
+
 Both signals are blocked in every thread and taken with sigtimedwait() on the
 main thread, so libfuse's worker threads never see them and the shutdown
 runs as ordinary code rather than inside a signal handler.
@@ -76,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror-budget", type=int, metavar="MIB", default=None,
                         help="memory for all mirror-mode copies of guest RAM together (then INITIALIZE "
                              "answers ENOMEM); default: half the machine's memory")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every guest inside the service process instead of a worker process "
+                             "of the launcher's own (for debugging only: a guest can then take the "
+                             "service down, and runs with root's power over the launcher's memory)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     # Test hooks, hidden: serve over a socketpair end whose peer plays the
     # kernel, with a guest factory named MODULE:ATTRIBUTE (and that module's
@@ -116,16 +124,22 @@ def _limits(args: argparse.Namespace):
                   guests=args.guests, eventfds_per_guest=args.eventfds_per_guest, mirror_bytes=mirror)
 
 
-def _make_device(factory_spec: str | None, stats_dir: str | None, limits):
+def _make_device(factory_spec: str | None, stats_dir: str | None, limits, in_process: bool):
+    """The device, and what to close after it: the worker zygote, unless guests run in-process."""
     from cuse_lguest.device import Device
     stats = _stats_directory(stats_dir)
-    if factory_spec is None:
-        return Device(stats=stats, limits=limits)
-    module_name, _, attr = factory_spec.partition(":")
-    module = importlib.import_module(module_name)
-    # A double that never touches guest memory brings its own memory source too.
-    memory = getattr(module, "acquire_memory", None)
-    return Device(getattr(module, attr), stats=stats, limits=limits, **({"memory": memory} if memory else {}))
+    if factory_spec is not None:
+        module_name, _, attr = factory_spec.partition(":")
+        module = importlib.import_module(module_name)
+        # A double that never touches guest memory brings its own memory source too.
+        memory = getattr(module, "acquire_memory", None)
+        return Device(getattr(module, attr), stats=stats, limits=limits,
+                      **({"memory": memory} if memory else {})), None
+    if in_process:
+        return Device(stats=stats, limits=limits), None
+    from cuse_lguest.worker.proxy import WorkerFactory
+    workers = WorkerFactory()
+    return Device(workers, stats=stats, limits=limits), workers
 
 
 def _file_attrs(args: argparse.Namespace):
@@ -172,8 +186,12 @@ def run(args: argparse.Namespace) -> int:
                      else "it must run as root, because it mounts FUSE over the node.")
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before any thread starts, and before the zygote: it and every worker
+    # inherit the mask, so a SIGTERM sent to the whole service (systemd's
+    # control group) ends guests through this process's orderly shutdown.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        device = _make_device(args.guest_factory, args.stats_dir, _limits(args))
+        device, workers = _make_device(args.guest_factory, args.stats_dir, _limits(args), args.in_process)
     except (ImportError, AttributeError) as e:
         return _fail(f"the hypervisor core cannot be loaded ({e}).")
 
@@ -187,11 +205,14 @@ def run(args: argparse.Namespace) -> int:
             node.prepare()
             fd = node.mount()
     except TransportUnavailable as e:
+        if workers is not None:
+            workers.close()
         return _fail(str(e))
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)  # before any thread starts
     try:
         return _serve(args, device, fd, attrs, node.path if node else f"/dev/{args.name}")
     finally:
+        if workers is not None:
+            workers.close()
         if node is not None:
             node.remove()
 

@@ -18,7 +18,9 @@ from elftools.elf.elffile import ELFFile
 from unicorn import UC_HOOK_INTR
 from unicorn.x86_const import UC_X86_REG_ESP
 
+from benchmarks.figures import _stats
 from cuse_lguest import abi
+from cuse_lguest.core.contract import GuestFactory
 from cuse_lguest.device import Device
 from cuse_lguest.testing import flatx86
 from cuse_lguest.testing.guestram import GuestRam, load_elf
@@ -40,14 +42,16 @@ def symbols(elf: pathlib.Path, *names: str) -> list[int]:
 class CoreBench:
     """One benchmark guest under the core.  Use it from the thread that created it (the owner)."""
 
-    def __init__(self, elf: pathlib.Path, mem_mb: int = 8) -> None:
+    def __init__(self, elf: pathlib.Path, mem_mb: int = 8, factory: GuestFactory | None = None) -> None:
+        """`factory`: where the Guest runs (default: the core, in this process)."""
         self.ram = GuestRam(mem_mb << 20)
         self.bench, self.ready = symbols(elf, "bench", "ready")
         start = load_elf(self.ram.buf, elf)
-        self.device = Device()
+        self.device = Device(factory)
         self.transport = DeviceTransport(self.device)
         word = self.transport.word
         fmt = "<4I" if word == 4 else "<4Q"
+        self.initialized_at = _stats.rdtsc()   # the TSC just before INITIALIZE (figure `startup`)
         got = self.transport.write(struct.pack(fmt, abi.LHREQ_INITIALIZE, self.ram.base,
                                                self.ram.size // abi.PAGE_SIZE, start))
         if got < 0:

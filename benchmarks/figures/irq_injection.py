@@ -13,6 +13,11 @@ interrupt frame and re-entering.  Two Guests' states:
 Between injections the helper sleeps (1 ms when the Guest halts, so that it
 is really asleep again).  Goal: p50 < 100 us.
 
+Both states are measured twice: with the core in this process, and with the
+Guest in a worker process as `cuse-lguest serve` runs it
+(cuse_lguest/worker/), where the IRQ crosses the process boundary through
+the IRQ line's shared page and wake-up pipe.
+
 The halted rows' baseline is the floor under the wake-up: one Python thread
 waking another through a threading.Condition, the way a halted vCPU sleeps,
 stamped the same way, with no Guest at all.
@@ -26,6 +31,7 @@ from benchmarks.figure import Context, Measurement
 from benchmarks.figures import _build, _stats
 from benchmarks.figures._guest import CoreBench
 from cuse_lguest import unicorn_build
+from cuse_lguest.worker.proxy import WorkerFactory
 
 NAME = "irq_injection"
 SUMMARY = "LHREQ_IRQ write -> Guest handler, spinning and halted Guest, p50/p99 (goal p50 < 100 us)"
@@ -96,25 +102,35 @@ def _round(guest: CoreBench, mode: str, n: int) -> list[float]:
 def run(ctx: Context) -> list[Measurement]:
     elf = _build.bench_guest()
     n = 60 if ctx.quick else 300
-    samples: dict[str, dict[int, list[float]]] = {m: {50: [], 99: []} for m in ("irq_spin", "irq_halt", "wake")}
-    with CoreBench(elf) as guest:
-        for mode in ("irq_spin", "irq_halt"):
-            _round(guest, mode, 5)
-        for i in range(ctx.repeats):
-            ctx.log(f"{NAME}: run {i + 1}/{ctx.repeats}")
-            for mode, by_p in samples.items():
-                lat = _condition_wake(n) if mode == "wake" else _round(guest, mode, n)
-                for p, into in by_p.items():
-                    into.append(_stats.percentile(lat, p))
+    kinds = [(mode, place) for place in ("in-process", "worker") for mode in ("irq_spin", "irq_halt")]
+    samples: dict[tuple[str, str], dict[int, list[float]]] = {k: {50: [], 99: []} for k in kinds}
+    wake: dict[int, list[float]] = {50: [], 99: []}
+    workers = WorkerFactory()
+    try:
+        with CoreBench(elf) as local, CoreBench(elf, factory=workers) as remote:
+            guests = {"in-process": local, "worker": remote}
+            for mode, place in kinds:
+                _round(guests[place], mode, 5)
+            for i in range(ctx.repeats):
+                ctx.log(f"{NAME}: run {i + 1}/{ctx.repeats}")
+                runs = [(wake, _condition_wake(n))]
+                runs += [(samples[mode, place], _round(guests[place], mode, n)) for mode, place in kinds]
+                for by_p, lat in runs:
+                    for p, into in by_p.items():
+                        into.append(_stats.percentile(lat, p))
+    finally:
+        workers.close()
     build = unicorn_build.current().describe()
+    labels = {"irq_spin": "spinning Guest", "irq_halt": "halted Guest"}
     rows = []
-    for mode, label in (("irq_spin", "spinning Guest"), ("irq_halt", "halted Guest")):
+    for mode, place in kinds:
+        label = labels[mode] + (" in a worker" if place == "worker" else "")
         for p in (50, 99):
             baseline = {"baseline_name": "Python Condition wake",
-                        "baseline_samples": samples["wake"][p]} if mode == "irq_halt" else {}
+                        "baseline_samples": wake[p]} if mode == "irq_halt" else {}
             rows.append(Measurement(
                 figure=NAME, name=f"LHREQ_IRQ -> handler, {label}, p{p}", unit="us",
-                samples=samples[mode][p], build=build, higher_is_better=False, **baseline,
+                samples=samples[mode, place][p], build=build, higher_is_better=False, **baseline,
                 goal="p50 < 100 us" if p == 50 else "", goal_value=100.0 if p == 50 else None,
                 note=f"{n} IRQs per run"))
     return rows

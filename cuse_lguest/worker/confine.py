@@ -101,13 +101,13 @@ def address_space_for(translation_buffer: int, guest_bytes: int) -> int:
 
 def become(who: Identity) -> None:
     """The launcher's ids, then no capability and no way to gain one."""
+    for cap in range(CAP_LAST_CAP + 1):   # while we still hold CAP_SETPCAP
+        if _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0:
+            break                     # EINVAL: past the last capability this kernel knows
     os.setgroups(list(who.groups))
     os.setresgid(who.gid, who.gid, who.gid)
     os.setresuid(who.uid, who.uid, who.uid)
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(CAP_LAST_CAP + 1):
-        if _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0:
-            break                     # EINVAL past the last capability; EPERM once we have none
     header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()    # effective, permitted, inheritable: all zero (two 32-bit words)
     if _libc.syscall(_SYS_CAPSET, header, data) != 0:

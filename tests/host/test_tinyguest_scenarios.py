@@ -4,7 +4,8 @@ test_launcher_tinyguest.py covers hello, echo and blk; this file covers the
 rest of the scenario list in native/guests/tinyguest/README.md, each asserting
 the guest's own result line and the death reason the host gives.  Each runs
 twice: with the launcher's RAM shared (the project launcher's default) and
-private (the historical launcher's layout, served by mirror mode).
+private (the historical launcher's layout, served by mirror mode), and each
+of those with the Guest in this process and in a worker process.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cuse_lguest import abi
 from cuse_lguest.device import Device
 from cuse_lguest.testing.launcher import Block, Launcher
 from cuse_lguest.testing.transport import DeviceTransport
+from cuse_lguest.worker.proxy import WorkerFactory
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +27,26 @@ def guest_elf(native_build):
     return native_build / "guests" / "tinyguest.elf"
 
 
-@pytest.fixture(params=[False, True], ids=["shared", "private"])
+@pytest.fixture(scope="module")
+def workers():
+    factory = WorkerFactory()
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(params=[(False, False), (True, False), (False, True), (True, True)],
+                ids=["shared", "private", "shared-worker", "private-worker"])
 def tinyguest(request, guest_elf):
-    """The guest, and whether the launcher keeps its RAM private (mirror mode)."""
-    return guest_elf, request.param
+    """The guest, whether the launcher keeps its RAM private (mirror mode), and the Guest factory:
+    the core in this process, or a worker process per Guest as `serve` runs them."""
+    private, in_worker = request.param
+    return guest_elf, private, request.getfixturevalue("workers") if in_worker else None
 
 
 def run(guest, *args: str, **kw):
-    kernel, private = guest
+    kernel, private, factory = guest
     result = Launcher(kernel, mem_mb=32, args=list(args), timeout=120, private=private,
-                      **kw).run(DeviceTransport(Device()))
+                      **kw).run(DeviceTransport(Device(factory)))
     assert result.error is None, f"{result.error}\n{result.console}"
     return result
 
