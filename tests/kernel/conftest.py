@@ -11,9 +11,10 @@ its own scenario's observations, so failures are reported per scenario, and
 a run that hangs or dies names the scenario it was in.  Scenarios whose
 pieces do not exist yet are skipped with the reason.
 
-Two more VM boots, each made only if a selected test needs it, and through
+Three more VM boots, each made only if a selected test needs it, and through
 CUSE only (BOOTS): systemd as PID 1 for the unit and `cuse-lguest install`
-(systemd_driver.py), and privileged OCI containers (container_driver.py).
+(systemd_driver.py), privileged OCI containers (container_driver.py), and a
+machine of 512 MiB (driver.py's small-machine scenario, test_isolation.py).
 Their tests take the `booted_scenario` fixture.
 """
 from __future__ import annotations
@@ -45,10 +46,11 @@ LINUX_VARS = ("LGUEST_LINUX_KERNEL", "LGUEST_LINUX_INITRD", "LGUEST_HISTORICAL_L
 
 @dataclasses.dataclass(frozen=True)
 class Boot:
-    """A VM boot of its own: its driver, its PID 1, the modules loaded before the driver."""
+    """A VM boot of its own: its driver, its PID 1, the modules loaded before the driver, its RAM."""
     driver: pathlib.Path
     init: str
     modules: tuple[str, ...]
+    memory_mb: int = vm.VMOptions.memory_mb
 
 
 BOOTS = {
@@ -56,6 +58,8 @@ BOOTS = {
     "systemd_scenario": Boot(HERE / "systemd_driver.py", "systemd", ()),
     # systemd as PID 1 for cgroup v2, which the OCI runtime needs.
     "container_scenario": Boot(HERE / "container_driver.py", "systemd", ("cuse",)),
+    # A small machine (issue 13, finding 4): the main driver's small-machine scenario in 512 MiB.
+    "small_scenario": Boot(DRIVER, "sh", ("cuse",), memory_mb=512),
 }
 
 
@@ -291,7 +295,8 @@ def _boot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     scratch = tmp_path_factory.mktemp(marker.replace("_", "-"))
     results = scratch / "results.jsonl"
     command = f"{sys.executable} {boot.driver} --results {results} --only {' '.join(wanted)}"
-    opts = vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, init=boot.init, modules=boot.modules)
+    opts = vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, init=boot.init, modules=boot.modules,
+                        memory_mb=boot.memory_mb)
     result = vm.run(command, opts, on_line=_progress(request, boot.driver.stem))
     records = _records(results)
     if not records and result.returncode != 0:
@@ -308,7 +313,7 @@ def boots(native_build: pathlib.Path) -> dict[str, KernelRun | BaseException]:
 @pytest.fixture
 def booted_scenario(request: pytest.FixtureRequest, boots: dict[str, KernelRun | BaseException],
                     tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    """The observations of the scenario named by this test's systemd_ or container_scenario marker."""
+    """The observations of the scenario named by this test's systemd_, container_ or small_scenario marker."""
     marker = next((m for m in BOOTS if request.node.get_closest_marker(m)), None)
     assert marker is not None, f"{request.node.nodeid} has none of the markers {', '.join(BOOTS)}"
     if marker not in boots:

@@ -44,6 +44,7 @@ BUILD = ROOT / "native" / "build"
 LAUNCHERS = {"32": BUILD / "launcher" / "lguest32", "64": BUILD / "launcher" / "lguest64"}
 GUEST = BUILD / "guests" / "tinyguest.elf"
 CLIENT = HERE / "lguest_client.py"
+TRUNCATING = HERE / "truncating_launcher.py"
 NODE = pathlib.Path("/dev/lguest")      # main() sets these three from the command line
 TRANSPORT = "cuse"
 SCRATCH = pathlib.Path("/tmp")
@@ -441,6 +442,95 @@ def udev_rule(server: Server) -> dict:
             subprocess.run(["udevadm", "control", "--exit"], check=False)
 
 
+def _worker_of(server: Server, launcher_pid: int, since: int, timeout: float = 60.0) -> int | None:
+    """The worker process running `launcher_pid`'s guest, from the service's log line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(rf"\[{launcher_pid}\] runs in worker (\d+)", server.log_text(since))
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    return None
+
+
+def _truncating_image() -> tuple[pathlib.Path, int]:
+    """Guest RAM for truncating_launcher.py: tinyguest halting on a 100 Hz timer, early console only."""
+    from cuse_lguest.testing.guestram import load_kernel
+    from cuse_lguest.testing.layout import write_boot_params
+
+    if not GUEST.exists():
+        raise Blocked(f"{GUEST.relative_to(ROOT)} is not built")
+    mem = int(MEM_MB) << 20
+    ram = bytearray(mem)
+    start = load_kernel(ram, GUEST)
+    write_boot_params(ram, mem, ["test=halt", "hz=100", "irqs=1000000", "nodev=1"])
+    image = pathlib.Path("/tmp/truncating-ram.img")
+    image.write_bytes(ram)
+    image.chmod(0o644)
+    return image, start
+
+
+def _truncate_under_guest(prefix: Sequence[str] = ()) -> dict:
+    image, start = _truncating_image()
+    done = subprocess.run([*prefix, sys.executable, str(TRUNCATING), str(image), hex(start), "halt ready"],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    facts = {"returncode": done.returncode, "stderr": done.stderr[-4000:]}
+    if done.returncode == 0:
+        facts.update(json.loads(done.stdout))
+    return facts
+
+
+def truncate_hostile(server: Server) -> dict:
+    """Finding 3: a non-root member of the device group truncates its shared RAM under its Guest.
+
+    A bystander Guest runs meanwhile; afterwards the service must still be
+    up, the bystander must have finished, and a new launch must pass.
+    """
+    server.ensure()
+    kvm = grp.getgrnam("kvm").gr_gid
+    st = NODE.stat()
+    os.chown(NODE, 0, kvm)             # what the udev rule we ship does
+    os.chmod(NODE, 0o660)
+    try:
+        bystander = Launch("64", ["test=halt", "hz=100", "irqs=300"])
+        bystander.wait_output(r"halt ready", 60)
+        facts: dict = {"hostile": _truncate_under_guest(_as_nobody([kvm]))}
+        facts["service_alive_after"] = server.alive()
+        facts["bystander"] = bystander.finish()
+        facts["after"] = Launch("64", ["test=hello"]).finish()
+        facts["service_alive_at_end"] = server.alive()
+        return facts
+    finally:
+        if NODE.exists():
+            os.chown(NODE, st.st_uid, st.st_gid)
+            os.chmod(NODE, st.st_mode & 0o7777)
+
+
+def small_machine(server: Server) -> dict:
+    """The 512 MiB VM: the service starts and runs a Guest; one worker SIGKILLed, one Guest's
+    RAM truncated under it (SIGBUS); a bystander Guest beside them finishes its scenario."""
+    with open("/proc/meminfo") as f:
+        facts: dict = {"mem_total_kb": int(f.readline().split()[1])}
+    server.ensure()
+    facts["first"] = Launch("64", ["test=hello"]).finish()
+    bystander = Launch("64", ["test=halt", "hz=100", "irqs=500"])
+    bystander.wait_output(r"halt ready", 60)
+    mark = server.log_size()
+    victim = Launch("64", SPIN_FOREVER)
+    facts["victim_running"] = victim.wait_output(SPIN_READY, 60)
+    worker = _worker_of(server, victim.proc.pid, mark)
+    facts["victim_worker"] = worker
+    if worker is not None:
+        os.kill(worker, signal.SIGKILL)
+    facts["killed"] = victim.finish(timeout=30)
+    facts["truncated"] = _truncate_under_guest()
+    facts["service_alive_after"] = server.alive()
+    facts["bystander"] = bystander.finish()
+    facts["after"] = Launch("64", ["test=hello"]).finish()
+    facts["service_alive_at_end"] = server.alive()
+    return facts
+
+
 def server_sigterm(server: Server) -> dict:
     """Last: the service's own shutdown path (SIGTERM -> clean exit, node gone)."""
     server.ensure()
@@ -534,6 +624,8 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     out += [("errno", errno_conformance), ("non-root-open", non_root_open)]
     if TRANSPORT == "cuse":     # FUSE sets the mode and group itself (non-root-open checks them)
         out.append(("udev", udev_rule))
+        # The genuine device, and a VM whose memory the test chooses.
+        out += [("truncate-hostile", truncate_hostile), ("small-machine", small_machine)]
     else:                       # through CUSE every request arrives at offset 0
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]

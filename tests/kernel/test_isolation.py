@@ -1,0 +1,53 @@
+"""One process per Guest, on the genuine device (issue 13, findings 3 and 4).
+
+Finding 3: a launcher truncating its own shared guest RAM under its running
+Guest killed the whole service (SIGBUS), and every Guest with it.  Now the
+bus error is its worker's: the launcher reads ENOENT and a reason naming
+SIGBUS, while the service and a Guest beside it go on.  The hostile launcher
+is a non-root member of the device group (tests/kernel/truncating_launcher.py).
+
+Finding 4: in a 512 MiB VM the first INITIALIZE killed the service, because
+Unicorn could not reserve its default 1 GiB translation buffer.  A second VM
+of that size boots for this file alone, and there the service also survives
+one worker SIGKILLed and one Guest's RAM truncated, while a third Guest
+finishes its scenario.
+"""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+INITIALIZE_OK = 3 * 8         # a 64-bit caller's INITIALIZE answers its three words
+
+
+def _died_of(run: dict, reason: str) -> bool:
+    return run["returncode"] == 1 and f": {reason}" in run["output"]
+
+
+@pytest.mark.transports("cuse")
+@pytest.mark.kernel_scenario("truncate-hostile")
+def test_a_truncated_file_kills_only_its_guest(scenario):
+    f, hostile = scenario.facts, scenario.facts["hostile"]
+    assert hostile["returncode"] == 0 and hostile["initialize"] == INITIALIZE_OK, scenario.explain()
+    assert "halt ready" in hostile["console"] and hostile["truncated"], scenario.explain()
+    assert hostile["errno"] == "ENOENT", scenario.explain()
+    assert hostile["reason"] == "guest process killed by SIGBUS", scenario.explain()
+    assert f["service_alive_after"] and f["service_alive_at_end"], scenario.explain()
+    assert "tinyguest: halt PASS" in f["bystander"]["output"], scenario.explain(f["bystander"])
+    assert "tinyguest: hello PASS" in f["after"]["output"], scenario.explain(f["after"])
+
+
+@pytest.mark.small_scenario("small-machine")
+def test_a_512_mib_machine_runs_guests_and_survives_dying_workers(booted_scenario):
+    rec = booted_scenario
+    f = rec.facts
+    assert f["mem_total_kb"] < 512 * 1024, rec.explain()
+    assert "tinyguest: hello PASS" in f["first"]["output"], rec.explain(f["first"])
+    assert f["victim_running"] and f["victim_worker"], rec.explain()
+    assert _died_of(f["killed"], "guest process killed by SIGKILL"), rec.explain(f["killed"])
+    t = f["truncated"]
+    assert t["errno"] == "ENOENT" and t["reason"] == "guest process killed by SIGBUS", rec.explain(t)
+    assert f["service_alive_after"] and f["service_alive_at_end"], rec.explain()
+    assert "tinyguest: halt PASS" in f["bystander"]["output"], rec.explain(f["bystander"])
+    assert "tinyguest: hello PASS" in f["after"]["output"], rec.explain(f["after"])
