@@ -17,30 +17,15 @@ from cuse_lguest import abi
 from cuse_lguest.device import Device
 from cuse_lguest.testing.launcher import Block, Launcher
 from cuse_lguest.testing.transport import DeviceTransport
-from cuse_lguest.worker.proxy import WorkerFactory
-
-
-@pytest.fixture(scope="module")
-def guest_elf(native_build):
-    from tests.conftest import needs_root
-    needs_root()
-    return native_build / "guests" / "tinyguest.elf"
-
-
-@pytest.fixture(scope="module")
-def workers():
-    factory = WorkerFactory()
-    yield factory
-    factory.close()
 
 
 @pytest.fixture(params=[(False, False), (True, False), (False, True), (True, True)],
                 ids=["shared", "private", "shared-worker", "private-worker"])
-def tinyguest(request, guest_elf):
+def tinyguest(request, tinyguest_elf):
     """The guest, whether the launcher keeps its RAM private (mirror mode), and the Guest factory:
     the core in this process, or a worker process per Guest as `serve` runs them."""
     private, in_worker = request.param
-    return guest_elf, private, request.getfixturevalue("workers") if in_worker else None
+    return tinyguest_elf, private, request.getfixturevalue("workers") if in_worker else None
 
 
 def run(guest, *args: str, **kw):

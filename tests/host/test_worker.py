@@ -29,20 +29,6 @@ from cuse_lguest.testing.transport import DeviceTransport
 from cuse_lguest.worker.proxy import WorkerFactory, WorkerGuest
 
 
-@pytest.fixture(scope="module")
-def kernel(native_build):
-    from tests.conftest import needs_root
-    needs_root()
-    return native_build / "guests" / "tinyguest.elf"
-
-
-@pytest.fixture(scope="module")
-def workers():
-    factory = WorkerFactory()
-    yield factory
-    factory.close()
-
-
 RAM = 16 << 20
 
 
@@ -133,9 +119,9 @@ class Running:
         return self.result
 
 
-def test_a_guest_runs_in_a_worker_of_its_own(kernel, workers):
-    a = Running(kernel, workers, "test=halt", "hz=100", "irqs=30")
-    b = Running(kernel, workers, "test=halt", "hz=100", "irqs=30")
+def test_a_guest_runs_in_a_worker_of_its_own(tinyguest_elf, workers):
+    a = Running(tinyguest_elf, workers, "test=halt", "hz=100", "irqs=30")
+    b = Running(tinyguest_elf, workers, "test=halt", "hz=100", "irqs=30")
     a.wait_for(b"halt ready")
     b.wait_for(b"halt ready")
     pa, pb = a.worker().pid, b.worker().pid
@@ -147,10 +133,10 @@ def test_a_guest_runs_in_a_worker_of_its_own(kernel, workers):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGBUS, signal.SIGABRT])
-def test_a_dead_worker_ends_only_its_guest(kernel, workers, sig):
+def test_a_dead_worker_ends_only_its_guest(tinyguest_elf, workers, sig):
     """Killed, a bus error, an abort: ENOENT and a reason that names it; the other Guest finishes."""
-    victim = Running(kernel, workers, "test=halt", "hz=100", "irqs=1000000")
-    bystander = Running(kernel, workers, "test=timer", "ms=300")
+    victim = Running(tinyguest_elf, workers, "test=halt", "hz=100", "irqs=1000000")
+    bystander = Running(tinyguest_elf, workers, "test=timer", "ms=300")
     victim.wait_for(b"halt ready")
     os.kill(victim.worker().pid, sig)
     result = victim.finish()
@@ -159,14 +145,14 @@ def test_a_dead_worker_ends_only_its_guest(kernel, workers, sig):
     other = bystander.finish()
     assert other.death == "CRASH: tinyguest: done" and "timer PASS" in other.console, other.console
     # ...and the service still makes new Guests.
-    again = Running(kernel, workers, "test=hello").finish()
+    again = Running(tinyguest_elf, workers, "test=hello").finish()
     assert "hello PASS" in again.console
 
 
-def test_the_worker_is_the_launcher_without_privilege(kernel, workers):
+def test_the_worker_is_the_launcher_without_privilege(tinyguest_elf, workers):
     """uid, gid and groups of the caller; no capability; no_new_privs; no core; its own fds only;
     and it still runs the Guest to the end, as that user, with nothing it did not preload."""
-    fd, buf, start = _memfd_guest(kernel, "test=hello")
+    fd, buf, start = _memfd_guest(tinyguest_elf, "test=hello")
     # The launcher: a process of nobody's with the RAM mapped shared.  Python lives
     # under /root here, so it becomes nobody only once it runs.
     holder = subprocess.Popen(
@@ -210,10 +196,10 @@ def test_the_worker_is_the_launcher_without_privilege(kernel, workers):
         buf.close()
 
 
-def test_a_file_truncated_under_the_guest_kills_only_its_worker(kernel, workers):
+def test_a_file_truncated_under_the_guest_kills_only_its_worker(tinyguest_elf, workers):
     """Finding 3 of issue 13: the launcher shrinks its own shared RAM; the bus error is the worker's."""
-    fd, buf, start = _memfd_guest(kernel, "test=halt", "hz=100", "irqs=1000000")
-    bystander = Running(kernel, workers, "test=timer", "ms=300")
+    fd, buf, start = _memfd_guest(tinyguest_elf, "test=halt", "hz=100", "irqs=1000000")
+    bystander = Running(tinyguest_elf, workers, "test=timer", "ms=300")
     guest = workers(_params(os.getpid(), ctypes.addressof(ctypes.c_char.from_buffer(buf)), start))
     try:
         how, console = _run_until(guest, buf, b"halt ready")
@@ -228,11 +214,11 @@ def test_a_file_truncated_under_the_guest_kills_only_its_worker(kernel, workers)
     assert other.death == "CRASH: tinyguest: done" and "timer PASS" in other.console, other.console
 
 
-def test_nothing_is_left_after_destroy(kernel, workers):
+def test_nothing_is_left_after_destroy(tinyguest_elf, workers):
     """No worker process, zombie, descriptor or thread outlives its Guest."""
-    Running(kernel, workers, "test=hello").finish()              # warm up: lazily started threads
+    Running(tinyguest_elf, workers, "test=hello").finish()              # warm up: lazily started threads
     fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
-    runs = [Running(kernel, workers, "test=hello") for _ in range(3)]
+    runs = [Running(tinyguest_elf, workers, "test=hello") for _ in range(3)]
     pids = [run.worker().pid for run in runs]
     for run in runs:
         run.finish()
@@ -243,9 +229,9 @@ def test_nothing_is_left_after_destroy(kernel, workers):
     _wait(lambda: threading.active_count() <= threads, "threads to end", 10)
 
 
-def test_a_worker_that_will_not_go_is_killed(kernel, workers):
+def test_a_worker_that_will_not_go_is_killed(tinyguest_elf, workers):
     """destroy() waits a bounded time, then SIGKILLs: a stopped worker cannot hold a release."""
-    run = Running(kernel, workers, "test=halt", "hz=100", "irqs=1000000")
+    run = Running(tinyguest_elf, workers, "test=halt", "hz=100", "irqs=1000000")
     run.wait_for(b"halt ready")
     pid = run.worker().pid
     os.kill(pid, signal.SIGSTOP)
