@@ -82,6 +82,7 @@ class WorkerGuest:
                 request, [run_theirs.fileno(), ctl_theirs.fileno(), *handed, *memory.fds()])
         except ZygoteGone as e:
             self._close_ends()
+            self.irq_line.close()
             raise GuestSetupError(errno.EAGAIN, f"no worker process: {e}") from None
         finally:
             run_theirs.close()
@@ -96,6 +97,7 @@ class WorkerGuest:
         if "error" in reply:
             self._reap()
             self._close_ends()
+            self.irq_line.close()
             raise GuestSetupError(int(reply["error"]), str(reply["message"]))
         zygote.watch(self.pid, self._ended)
         log.info("guest %s runs in worker %d as uid %d gid %d", self.name, self.pid, who.uid, who.gid)
