@@ -13,9 +13,10 @@ cannot tell them apart.  What crosses the process boundary, and how:
   ended, in words ("guest process killed by SIGBUS").  A dead worker is only
   a dead Guest: the launcher reads ENOENT, then that reason.
 
-destroy() closes the sockets (the worker then destroys its Guest and
-exits), waits a bounded time for the zygote to reap it, and SIGKILLs it
-through its pidfd if it has not gone.
+destroy() closes the sockets (the worker then exits) and hands the worker
+to the zygote's reaper, which SIGKILLs it through its pidfd if it has not
+gone within two seconds.  destroy() does not wait for that: CUSE makes the
+launcher's last close() wait for the release.
 """
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ from cuse_lguest.worker.zygote import Zygote, ZygoteGone
 
 log = logging.getLogger("cuse_lguest.worker")
 
-EXIT_WAIT = 2.0          # seconds a destroyed worker gets to exit before SIGKILL
-REAP_WAIT = 5.0          # seconds to wait for the zygote's word that a worker is gone
+REAP_WAIT = 5.0          # seconds to wait for the zygote's word that a dead worker was reaped
 
 
 def describe_end(status: int | None) -> str:
@@ -95,7 +95,6 @@ class WorkerGuest:
         except channel.PeerGone:
             reply = {"error": errno.ENOMEM, "message": describe_end(self._wait_exit(REAP_WAIT))}
         if "error" in reply:
-            self._reap()
             self._close_ends()
             self.irq_line.close()
             raise GuestSetupError(int(reply["error"]), str(reply["message"]))
@@ -159,7 +158,6 @@ class WorkerGuest:
                 except OSError:
                     pass
         with self._run_lock:
-            self._reap()
             self._close_ends()
         with self._lock:
             self.irq_line.close()
@@ -184,23 +182,17 @@ class WorkerGuest:
         self._reaped = self._reaped or status is not None
         return status
 
-    def _reap(self) -> None:
-        """Wait for the worker to be gone; SIGKILL it after EXIT_WAIT.  No zombie stays."""
-        if self._reaped or self._wait_exit(EXIT_WAIT) is not None:
-            return
-        try:
-            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self._wait_exit(REAP_WAIT) is None:
-            log.error("worker %d of guest %s did not go after SIGKILL", self.pid, self.name)
-
     def _close_ends(self) -> None:
+        """The sockets (the worker's end of file: it exits), and the worker handed to the reaper."""
         for sock in (self._run, self._ctl):
             sock.close()
         pidfd, self._pidfd = getattr(self, "_pidfd", -1), -1
-        if pidfd >= 0:
+        if pidfd < 0:
+            return
+        if self._reaped:
             os.close(pidfd)
+        else:
+            self._zygote.retire(self.pid, pidfd)
 
 
 class WorkerFactory:

@@ -16,8 +16,9 @@ SOCK_SEQPACKET socket:
 
 Workers are the zygote's children, so the zygote reaps them (no zombies)
 and only it learns how each ended: killed by which signal, or its exit
-status.  That is the reason the launcher reads.  The front end's pidfd lets
-it SIGKILL a worker with no risk of hitting a reused pid.  When the front
+status.  That is the reason the launcher reads.  With the pidfd it gets per
+worker, the front end's reaper thread SIGKILLs a worker that outlives its
+Guest by two seconds, with no risk of hitting a reused pid.  When the front
 end goes, the socket ends, the zygote exits, and every worker dies with it
 (PR_SET_PDEATHSIG, confine.py).
 """
@@ -32,11 +33,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
 from cuse_lguest.worker import channel
 
 log = logging.getLogger("cuse_lguest.worker")
+
+EXIT_WAIT = 2.0          # seconds a retired worker gets to exit before SIGKILL
+REAP_WAIT = 5.0          # seconds after SIGKILL before we stop expecting its end
 
 
 class ZygoteGone(Exception):
@@ -51,10 +56,14 @@ class Zygote:
         self._cond = threading.Condition()
         self._exits: dict[int, int] = {}
         self._watchers: dict[int, Callable[[int], None]] = {}
+        self._retired: dict[int, list] = {}     # pid -> [deadline, pidfd, SIGKILL sent]
+        self._closed = False
         self._spawned: queue.Queue = queue.Queue()
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self._start()
+        self._reaper = threading.Thread(target=self._reap, name="lguest-reaper", daemon=True)
+        self._reaper.start()
 
     def _start(self) -> None:
         ours, theirs = channel.pair()
@@ -86,7 +95,7 @@ class Zygote:
         """The zygote died (its workers with it): start another, once per spawn that finds it gone."""
         log.error("the worker zygote (pid %d) is gone (%s); starting a new one",
                   self._proc.pid, self._proc.poll())
-        self.close()
+        self._stop()
         self._spawned = queue.Queue()
         self._start()
 
@@ -106,6 +115,36 @@ class Zygote:
                 return None
             self._watchers.pop(pid, None)
             return self._exits.pop(pid)
+
+    def retire(self, pid: int, pidfd: int) -> None:
+        """Worker `pid` has lost its Guest and should exit by itself: SIGKILL it if it has not
+        within EXIT_WAIT seconds.  Takes `pidfd`.  Returns at once, so that the launcher's last
+        close(), which CUSE makes wait for the release, does not wait for the worker too."""
+        with self._cond:
+            self._retired[pid] = [time.monotonic() + EXIT_WAIT, pidfd, False]
+            self._cond.notify_all()
+
+    def _reap(self) -> None:
+        """The reaper thread: forget retired workers once the zygote reaped them, SIGKILL laggards."""
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for pid, entry in list(self._retired.items()):
+                    deadline, pidfd, killed = entry
+                    if pid in self._exits or (killed and now >= deadline):
+                        if pid not in self._exits:
+                            log.error("worker %d did not go after SIGKILL", pid)
+                        self._exits.pop(pid, None)
+                        del self._retired[pid]
+                        os.close(pidfd)
+                    elif now >= deadline:
+                        try:
+                            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        entry[0], entry[2] = now + REAP_WAIT, True
+                deadlines = [entry[0] for entry in self._retired.values()]
+                self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
 
     def _listen(self, sock: socket.socket) -> None:
         spawned = self._spawned
@@ -127,7 +166,17 @@ class Zygote:
                     watcher(status)
 
     def close(self) -> None:
-        """End the zygote (and with it any worker still running)."""
+        """End the zygote (and with it any worker still running) and the reaper."""
+        self._stop()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._reaper.join()
+        for _, pidfd, _ in self._retired.values():
+            os.close(pidfd)
+        self._retired.clear()
+
+    def _stop(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
