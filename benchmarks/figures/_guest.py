@@ -45,7 +45,7 @@ class CoreBench:
     def __init__(self, elf: pathlib.Path, mem_mb: int = 8, factory: GuestFactory | None = None) -> None:
         """`factory`: where the Guest runs (default: the core, in this process)."""
         self.ram = GuestRam(mem_mb << 20)
-        self.bench, self.ready = symbols(elf, "bench", "ready")
+        self.bench, self.ready, self.lguest_data = symbols(elf, "bench", "ready", "lguest_data")
         start = load_elf(self.ram.buf, elf)
         self.device = Device(factory)
         self.transport = DeviceTransport(self.device)
@@ -64,6 +64,11 @@ class CoreBench:
 
     def __setitem__(self, field: str, value: int) -> None:
         struct.pack_into("<I", self.ram.buf, self.bench + FIELDS[field], value)
+
+    def irq_blocked(self, line: int) -> bool:
+        """Has the Guest still blocked IRQ `line` (lguest_data.blocked_interrupts)?"""
+        at = self.lguest_data + abi.LGUEST_DATA_BLOCKED_INTERRUPTS
+        return bool(struct.unpack_from("<I", self.ram.buf, at)[0] >> line & 1)
 
     @property
     def stamp(self) -> int:
