@@ -76,10 +76,11 @@ class WorkerGuest:
         request = {"uid": who.uid, "gid": who.gid, "groups": list(who.groups), "pid": params.pid,
                    "base": params.base, "pfnlimit": params.pfnlimit, "start": params.start,
                    "name": params.name, "translation_buffer": engine.translation_buffer(),
-                   "memory": memory.description()}
+                   "memory": memory.description(), "stats": params.stats_fd is not None}
+        stats = [] if params.stats_fd is None else [params.stats_fd]
         try:
             self.pid, self._pidfd = zygote.spawn(
-                request, [run_theirs.fileno(), ctl_theirs.fileno(), *handed, *memory.fds()])
+                request, [run_theirs.fileno(), ctl_theirs.fileno(), *handed, *stats, *memory.fds()])
         except ZygoteGone as e:
             self._close_ends()
             self.irq_line.close()

@@ -3,7 +3,8 @@
 The zygote forks it and calls main() with the spawn request and the
 descriptors that came with it, in this order:
 
-    run socket, control socket, IRQ line (page, wait end, write end), memory handles...
+    run socket, control socket, IRQ line (page, wait end, write end),
+    the exit stats block (if "stats"), memory handles...
 
 main() confines the process (confine.py), builds the Guest from the handles
 and answers the control socket once: {"ok": true} or {"error": errno,
@@ -48,7 +49,9 @@ def main(request: dict, fds: list[int], zygote: int) -> None:
     """The worker's life.  Never returns: the process exits."""
     fds = confine.keep_only(fds)
     run_fd, ctl_fd, *rest = fds
-    line_fds, memory_fds = rest[:3], rest[3:]
+    line_fds, rest = rest[:3], rest[3:]
+    stats_fd = rest.pop(0) if request["stats"] else None
+    memory_fds = rest
     guest_bytes = int(request["pfnlimit"]) * 4096
     confine.limit(confine.address_space_for(int(request["translation_buffer"]), guest_bytes))
     confine.become(confine.Identity(int(request["uid"]), int(request["gid"]),
@@ -58,7 +61,7 @@ def main(request: dict, fds: list[int], zygote: int) -> None:
     run_sock = socket.socket(fileno=run_fd)
     ctl_sock = socket.socket(fileno=ctl_fd)
     table = EventfdTable()
-    guest = _build(request, line_fds, memory_fds, ctl_sock, table)
+    guest = _build(request, line_fds, stats_fd, memory_fds, ctl_sock, table)
     if guest is None:
         os._exit(0)
     threading.Thread(target=_serve_runs, args=(guest, run_sock), name="lguest-vcpu", daemon=True).start()
@@ -69,13 +72,14 @@ def main(request: dict, fds: list[int], zygote: int) -> None:
     os._exit(0)
 
 
-def _build(request: dict, line_fds: list[int], memory_fds: list[int], ctl: socket.socket,
-           table: EventfdTable) -> LguestGuest | None:
+def _build(request: dict, line_fds: list[int], stats_fd: int | None, memory_fds: list[int],
+           ctl: socket.socket, table: EventfdTable) -> LguestGuest | None:
     try:
         handles = MemoryHandles.received(request["memory"], memory_fds)
         params = GuestParams(pid=int(request["pid"]), base=int(request["base"]),
                              pfnlimit=int(request["pfnlimit"]), start=int(request["start"]),
-                             claim_notify=table.claim, memory=handles, name=str(request["name"]))
+                             claim_notify=table.claim, memory=handles, name=str(request["name"]),
+                             stats_fd=stats_fd)
         guest = LguestGuest(params, IrqLine.adopt(line_fds))
     except GuestSetupError as e:
         channel.send(ctl, {"error": e.errno, "message": str(e)})
