@@ -60,7 +60,11 @@ class LguestGuest:
         # Whatever fails after it (Unicorn, a descriptor when the service is
         # out of fds) must give back what was already built, above all the
         # guest RAM mapping.
-        self.irq_line = line if line is not None else IrqLine.create()
+        try:
+            self.irq_line = line if line is not None else IrqLine.create()
+        except BaseException:
+            params.memory.close()         # ours from the call on, as open_guest_memory's would be
+            raise
         try:
             self.memory = open_guest_memory(params.memory)
             try:
