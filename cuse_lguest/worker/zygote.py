@@ -67,8 +67,12 @@ class Zygote:
 
     def _start(self) -> None:
         ours, theirs = channel.pair()
+        # A session of its own: the service's controlling terminal (root's, when
+        # serve runs in one) must not be its workers', or a worker could push
+        # keystrokes into root's shell with TIOCSTI through the stderr it keeps.
         self._proc = subprocess.Popen([sys.executable, "-m", "cuse_lguest.worker.zygote", str(theirs.fileno())],
-                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
         theirs.close()
         self._sock = ours
         threading.Thread(target=self._listen, args=(ours,), name="lguest-zygote", daemon=True).start()

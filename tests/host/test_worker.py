@@ -186,6 +186,8 @@ def test_the_worker_is_the_launcher_without_privilege(tinyguest_elf, workers):
             for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 assert int(st[caps], 16) == 0, caps
             assert st["NoNewPrivs"] == "1"
+            # Not in the service's session, so never under its controlling terminal (TIOCSTI).
+            assert os.getsid(guest.pid) != os.getsid(0)
             with open(f"/proc/{guest.pid}/limits") as f:
                 limits = f.read()
             assert "Max core file size        0" in limits
