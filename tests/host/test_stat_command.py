@@ -8,30 +8,17 @@ NOTIFY that printed the line.  After the Guest is gone its file is gone too.
 from __future__ import annotations
 
 import os
-import pathlib
 import subprocess
 import sys
-
-import pytest
 
 from cuse_lguest.core.exitstats import StatsDirectory
 from cuse_lguest.testing.launcher import Launcher
 from cuse_lguest.testing.transport import DeviceTransport
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD = ROOT / "native" / "build"
 STAT = [sys.executable, "-m", "cuse_lguest.cli", "stat"]
 
 
-@pytest.fixture(scope="module")
-def tinyguest() -> pathlib.Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the Device maps launcher RAM via /proc/<pid>/map_files and uses pidfd_getfd")
-    subprocess.run(["make", "-s", "-C", str(ROOT / "native" / "guests" / "tinyguest"), f"BUILD={BUILD}"], check=True)
-    return BUILD / "guests" / "tinyguest.elf"
-
-
-def test_stat_shows_a_live_guests_exits(tinyguest, tmp_path):
+def test_stat_shows_a_live_guests_exits(tinyguest_elf, tmp_path):
     from cuse_lguest.device import Device
     directory = StatsDirectory(str(tmp_path))
     directory.prepare()
@@ -42,7 +29,7 @@ def test_stat_shows_a_live_guests_exits(tinyguest, tmp_path):
             shown.append(subprocess.run(STAT + ["--once", "--dir", str(tmp_path)], capture_output=True,
                                         text=True, check=True, timeout=60).stdout)
 
-    result = Launcher(tinyguest, mem_mb=32, args=["test=hello"], timeout=120,
+    result = Launcher(tinyguest_elf, mem_mb=32, args=["test=hello"], timeout=120,
                       on_output=on_output).run(DeviceTransport(Device(stats=directory)))
     assert result.death == "CRASH: tinyguest: done", result.console
     table = shown[0]
