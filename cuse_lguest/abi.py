@@ -208,6 +208,22 @@ VIRTIO_BLK_F_SEG_MAX = 2
 VIRTIO_BLK_F_FLUSH = 9
 SECTOR_SIZE = 512
 
+# Device-independent feature bits, in every device's bitmap.
+VIRTIO_F_ANY_LAYOUT = 27            # headers need not sit in a descriptor of their own
+VIRTIO_RING_F_INDIRECT_DESC = 28    # a descriptor may point at a table of descriptors
+
+# virtio net: feature bits, and the 3.x config space {u8 mac[6], u16 status, u16 max_virtqueue_pairs}.
+VIRTIO_NET_F_CSUM = 0               # the device completes partial checksums of what the Guest sends
+VIRTIO_NET_F_GUEST_CSUM = 1         # the Guest takes frames with partial checksums
+VIRTIO_NET_F_MAC = 5                # config space holds the Guest's MAC
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
+VIRTIO_NET_CONFIG = struct.Struct("<6sHH")
+
 
 def vring_size(num: int, align: int = LGUEST_VRING_ALIGN) -> int:
     """Bytes of a legacy vring of `num` entries: descriptors, avail, then used at `align`."""

@@ -132,6 +132,14 @@ uint8_t *device_status(struct device *dev)
 	return dev->desc + D_STATUS;
 }
 
+/* The accepted bitmap follows the offered one; the Guest wrote it, so only a bit we offered counts. */
+bool feature_accepted(const struct device *dev, unsigned int bit)
+{
+	unsigned int len = dev->desc[D_FEATURE_LEN];
+	const unsigned char *offered = features_of(dev), *accepted = offered + len;
+	return bit / 8 < len && (offered[bit / 8] & accepted[bit / 8] & (1 << (bit % 8)));
+}
+
 /* ---- starting and stopping ---- */
 
 static void kill_launcher(int sig)
@@ -196,6 +204,8 @@ static void start_device(struct device *dev)
 			fprintf(stderr, " %02x", features_of(dev)[d[D_FEATURE_LEN] + i]);
 		fprintf(stderr, "\n");
 	}
+	if (dev->start)
+		dev->start(dev);
 	for (struct vq *vq = dev->vqs; vq; vq = vq->next)
 		if (vq->service)
 			start_queue(vq);

@@ -75,6 +75,7 @@ struct device {
 	unsigned int num_vq;
 	struct vq *vqs;
 	bool running;
+	void (*start)(struct device *dev); /* optional: once the Guest has accepted features, before the helpers */
 	void *priv;
 };
 
@@ -84,6 +85,7 @@ void add_virtqueue(struct device *dev, service_fn service);
 void add_feature(struct device *dev, unsigned int bit);
 void set_config(struct device *dev, const void *conf, unsigned int len);
 uint8_t *device_status(struct device *dev);
+bool feature_accepted(const struct device *dev, unsigned int bit);
 bool handle_device_notify(unsigned long addr);
 void reset_all_devices(void);
 void kill_helpers(void);
@@ -97,10 +99,11 @@ void add_used_and_trigger(struct vq *vq, unsigned int head, unsigned int len);
 size_t iov_consume(struct iovec iov[], unsigned int n, void *dest, size_t len);
 size_t iov_total(const struct iovec iov[], unsigned int n);
 
-/* ---- console.c, block.c, rng.c ---- */
+/* ---- console.c, block.c, rng.c, net.c ---- */
 void setup_console(void);
 void restore_terminal(void);
 void setup_block(const char *path);
 void setup_rng(void);
+void setup_tunnet(const char *arg);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * lguest launcher: command line, INITIALIZE, and the loop that runs the Guest.
  *
- *   lguest [--verbose] [--block=FILE] [--rng] [--initrd=FILE] [--private]
+ *   lguest [--verbose] [--block=FILE] [--rng] [--tunnet=IP[:MAC]] [--initrd=FILE] [--private]
  *          <mem-in-MB> <vmlinux-or-bzImage> [kernel args...]
  *
  * The main process only ever reads /dev/lguest (that runs the Guest) and
@@ -24,7 +24,7 @@ bool verbose_on;
 static pid_t launcher_pid;
 
 static const char usage_text[] =
-	"Usage: lguest [--verbose] [--block=FILE] [--rng] [--initrd=FILE] [--private]\n"
+	"Usage: lguest [--verbose] [--block=FILE] [--rng] [--tunnet=IP[:MAC]] [--initrd=FILE] [--private]\n"
 	"              <mem-in-MB> <vmlinux-or-bzImage> [kernel args...]\n";
 
 static void usage(void)
@@ -35,8 +35,8 @@ static void usage(void)
 
 /* Devices are created in option order, so remember the options first. */
 struct dev_opt {
-	char kind; /* 'b'lock or 'r'ng */
-	const char *path;
+	char kind; /* 'b'lock, 'r'ng or 't'unnet */
+	const char *arg; /* the option's value, if it has one */
 };
 
 /* The first non-option argument is the memory size in MiB; there is no default. */
@@ -131,6 +131,7 @@ int main(int argc, char *argv[])
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "block", required_argument, NULL, 'b' },
 		{ "rng", no_argument, NULL, 'r' },
+		{ "tunnet", required_argument, NULL, 't' },
 		{ "initrd", required_argument, NULL, 'i' },
 		{ "private", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
@@ -150,6 +151,7 @@ int main(int argc, char *argv[])
 			break;
 		case 'b':
 		case 'r':
+		case 't':
 			devs[ndevs++] = (struct dev_opt){ (char)c, optarg };
 			break;
 		case 'i':
@@ -174,7 +176,9 @@ int main(int argc, char *argv[])
 	setup_device_page();
 	for (unsigned int i = 0; i < ndevs; i++) {
 		if (devs[i].kind == 'b')
-			setup_block(devs[i].path);
+			setup_block(devs[i].arg);
+		else if (devs[i].kind == 't')
+			setup_tunnet(devs[i].arg);
 		else
 			setup_rng();
 	}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import struct
 import subprocess
 import time
@@ -43,7 +44,8 @@ def launcher(request, launchers) -> tuple[pathlib.Path, int]:
 class Run:
     """One launcher process attached to a regular file instead of /dev/lguest."""
 
-    def __init__(self, exe: pathlib.Path, word: int, args: list[str], tmp: pathlib.Path) -> None:
+    def __init__(self, exe: pathlib.Path, word: int, args: list[str], tmp: pathlib.Path,
+                 prefix: tuple[str, ...] = ()) -> None:
         if os.geteuid() != 0:
             pytest.skip("needs root to read the launcher's memory through /proc/<pid>/mem")
         self.word = word
@@ -53,7 +55,7 @@ class Run:
         self.out_path, self.err_path = tmp / "stdout", tmp / "stderr"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             # Own session: a dying helper makes the launcher SIGTERM its whole process group.
-            self.proc = subprocess.Popen([str(exe), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            self.proc = subprocess.Popen([*prefix, str(exe), *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                          env={**os.environ, "LGUEST_DEVICE": str(self.node)},
                                          start_new_session=True)
         self.init = self._wait_for_words(4)
@@ -128,6 +130,9 @@ def test_help_and_usage_errors(launcher):
     (["64", "TEXT"], "is neither an ELF vmlinux nor a bzImage"),
     (["64", "SHORT"], "is too short for a kernel"),
     (["64", "/bin/true"], "malformed ELF header"),
+    (["--tunnet=10.0.0.300", "64", "k"], "Bad --tunnet address '10.0.0.300'"),
+    (["--tunnet=10.0.0.1:02:00:00:00:zz:01", "64", "k"], "Bad MAC address '02:00:00:00:zz:01'"),
+    (["--tunnet=10.0.0.1:02:00:00:00:00:01:07", "64", "k"], "Bad MAC address"),
 ])
 def test_file_and_argument_errors_print_one_line(launcher, args, message, tmp_path):
     exe, _ = launcher
@@ -198,6 +203,49 @@ def test_options_create_devices_in_order_console_last(launcher, tmp_path):
         assert u32(bp, abi.BP_RAMDISK_SIZE) == 2 * abi.PAGE_SIZE
         assert bp[abi.BP_TYPE_OF_LOADER] == 0xFF
         assert run.read(abi.CMDLINE_GPA, 1) == b"\0"          # no kernel args: empty command line
+    finally:
+        run.finish()
+
+
+def test_tunnet_makes_a_tap_with_the_host_address_and_a_net_device(launcher, tmp_path):
+    """--tunnet=IP:MAC, in a network namespace of the test's own: the 3.x launcher's device and tap."""
+    exe, word = launcher
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("/dev/net/tun does not exist (modprobe tun)")
+    kernel, _, _ = kernel_elf(tmp_path)
+    run = Run(exe, word, ["--tunnet=192.168.77.1:02:4c:47:00:00:07", "--rng", "32", str(kernel)], tmp_path,
+              prefix=("unshare", "--net", "--"))              # unshare execs: the launcher keeps its pid
+    try:
+        recs = parse_device_page(run.read(32 * MB, abi.PAGE_SIZE))
+        assert [r.type for r in recs] == [abi.VIRTIO_ID_NET, abi.VIRTIO_ID_RNG, abi.VIRTIO_ID_CONSOLE]
+        net = recs[0]
+        assert [q.irq for q in net.vqs] == [1, 2]                 # receive, then transmit
+        bits = [abi.VIRTIO_NET_F_CSUM, abi.VIRTIO_NET_F_GUEST_CSUM, abi.VIRTIO_NET_F_MAC,
+                abi.VIRTIO_NET_F_GUEST_TSO4, abi.VIRTIO_NET_F_GUEST_TSO6, abi.VIRTIO_NET_F_GUEST_ECN,
+                abi.VIRTIO_NET_F_HOST_TSO4, abi.VIRTIO_NET_F_HOST_TSO6, abi.VIRTIO_NET_F_HOST_ECN,
+                abi.VIRTIO_F_ANY_LAYOUT, abi.VIRTIO_RING_F_INDIRECT_DESC]
+        assert int.from_bytes(net.features, "little") == sum(1 << b for b in bits)
+        assert net.accepted == bytes(4)
+        assert abi.VIRTIO_NET_CONFIG.unpack(net.config) == (bytes.fromhex("024c47000007"), 0, 0)
+        ns = ["nsenter", "-t", str(run.proc.pid), "-n", "ip", "-o"]
+        addrs = subprocess.run([*ns, "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"^\d+: tap0\s+inet 192\.168\.77\.1/24 ", addrs, re.M), addrs
+        link = subprocess.run([*ns, "link", "show", "tap0"], capture_output=True, text=True, check=True).stdout
+        assert ",UP" in link
+    finally:
+        run.finish()
+
+
+def test_tunnet_without_mac_offers_no_mac(launcher, tmp_path):
+    exe, word = launcher
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("/dev/net/tun does not exist (modprobe tun)")
+    kernel, _, _ = kernel_elf(tmp_path)
+    run = Run(exe, word, ["--tunnet=10.9.8.7", "32", str(kernel)], tmp_path, prefix=("unshare", "--net", "--"))
+    try:
+        net = parse_device_page(run.read(32 * MB, abi.PAGE_SIZE))[0]
+        assert not int.from_bytes(net.features, "little") & (1 << abi.VIRTIO_NET_F_MAC)
+        assert net.config == bytes(abi.VIRTIO_NET_CONFIG.size)
     finally:
         run.finish()
 
