@@ -207,14 +207,19 @@ def test_options_create_devices_in_order_console_last(launcher, tmp_path):
         run.finish()
 
 
-def test_tunnet_makes_a_tap_with_the_host_address_and_a_net_device(launcher, tmp_path):
-    """--tunnet=IP:MAC, in a network namespace of the test's own: the 3.x launcher's device and tap."""
+def run_in_netns(launcher, tmp_path: pathlib.Path, options: list[str]) -> Run:
+    """The launcher with `options` and 32 MiB, in a network namespace of the test's own (its taps go there)."""
     exe, word = launcher
     if not os.path.exists("/dev/net/tun"):
         pytest.skip("/dev/net/tun does not exist (modprobe tun)")
     kernel, _, _ = kernel_elf(tmp_path)
-    run = Run(exe, word, ["--tunnet=192.168.77.1:02:4c:47:00:00:07", "--rng", "32", str(kernel)], tmp_path,
-              prefix=("unshare", "--net", "--"))              # unshare execs: the launcher keeps its pid
+    # unshare execs the launcher, which keeps unshare's pid: nsenter finds the namespace through it.
+    return Run(exe, word, [*options, "32", str(kernel)], tmp_path, prefix=("unshare", "--net", "--"))
+
+
+def test_tunnet_makes_a_tap_with_the_host_address_and_a_net_device(launcher, tmp_path):
+    """--tunnet=IP:MAC: the 3.x launcher's device and tap."""
+    run = run_in_netns(launcher, tmp_path, ["--tunnet=192.168.77.1:02:4c:47:00:00:07", "--rng"])
     try:
         recs = parse_device_page(run.read(32 * MB, abi.PAGE_SIZE))
         assert [r.type for r in recs] == [abi.VIRTIO_ID_NET, abi.VIRTIO_ID_RNG, abi.VIRTIO_ID_CONSOLE]
@@ -237,11 +242,7 @@ def test_tunnet_makes_a_tap_with_the_host_address_and_a_net_device(launcher, tmp
 
 
 def test_tunnet_without_mac_offers_no_mac(launcher, tmp_path):
-    exe, word = launcher
-    if not os.path.exists("/dev/net/tun"):
-        pytest.skip("/dev/net/tun does not exist (modprobe tun)")
-    kernel, _, _ = kernel_elf(tmp_path)
-    run = Run(exe, word, ["--tunnet=10.9.8.7", "32", str(kernel)], tmp_path, prefix=("unshare", "--net", "--"))
+    run = run_in_netns(launcher, tmp_path, ["--tunnet=10.9.8.7"])
     try:
         net = parse_device_page(run.read(32 * MB, abi.PAGE_SIZE))[0]
         assert not int.from_bytes(net.features, "little") & (1 << abi.VIRTIO_NET_F_MAC)
