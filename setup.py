@@ -14,6 +14,7 @@ setup(
     # Native pieces built with cffi; each module's builder lives beside it.
     cffi_modules=[
         "cuse_lguest/cpu/_native_build.py:ffibuilder",
+        "cuse_lguest/cpu/_exits_build.py:ffibuilder",
         "cuse_lguest/cuse/_build.py:ffibuilder",
     ],
     entry_points={"console_scripts": ["cuse-lguest=cuse_lguest.cli:main"]},

@@ -165,6 +165,11 @@ class ExitStats:
     def add(self, slot: int, ns: int = 0) -> None:
         lib.lg_stat_add(self.native, slot, ns)
 
+    def slot_arrays(self) -> tuple[int, int]:
+        """Where the count and ns arrays are in this process (the native exits add to them)."""
+        s = self.native
+        return int(ffi.cast("uintptr_t", s.count)), int(ffi.cast("uintptr_t", s.ns))
+
     def snapshot(self) -> Snapshot:
         s = self.native
         return Snapshot(ffi.string(s.name).decode("utf-8", "replace"), s.service_pid, s.launcher_pid,

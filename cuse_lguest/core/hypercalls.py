@@ -85,12 +85,12 @@ class Hypercalls:
         if vector >= abi.IDT_ENTRIES:
             raise GuestFault(f"Setting idt entry {vector}")
         if not hi & 0x8000:
-            self.v.idt[vector] = None
+            self.v.set_gate(vector, None)
             return
         gate_type = (hi >> 8) & 0xF
         if gate_type not in (abi.GATE_INTERRUPT, abi.GATE_TRAP):
             raise GuestFault(f"bad IDT type {gate_type}")
-        self.v.idt[vector] = ((lo & 0xFFFF) | (hi & 0xFFFF0000), (hi >> 13) & 3, gate_type)
+        self.v.set_gate(vector, ((lo & 0xFFFF) | (hi & 0xFFFF0000), (hi >> 13) & 3, gate_type))
 
     def _set_stack(self, ss: int, esp: int, pages: int, _: int) -> None:
         if ss & 3 != abi.GUEST_PL:
@@ -102,7 +102,7 @@ class Hypercalls:
             gpa = self.v.machine.pgdir.translate(page)
             if gpa is None or gpa >= self.v.memory.limit:
                 raise GuestFault(f"bad stack page {page:#x}")
-        self.v.kernel_stack = (ss, esp)
+        self.v.set_kernel_stack(ss, esp)
 
     def _ts(self, on: int, *_: int) -> None:
         self.v.ts = bool(on)

@@ -120,6 +120,12 @@ class IrqLine:
         """The `struct lg_stop *` the vCPU's block hook reads (cpu/stopper.py)."""
         return self.page.stop
 
+    def word_addresses(self) -> tuple[int, int, int, int]:
+        """Where (pending, from_launcher, alive, interrupt) are in this process (the native exits read them)."""
+        sh = self._state.sh
+        return tuple(int(ffi.cast("uintptr_t", ffi.addressof(sh, f)))
+                     for f in ("pending", "from_launcher", "alive", "interrupt"))
+
     @property
     def pending(self) -> int:
         return self._state.sh.pending

@@ -31,6 +31,7 @@ from cuse_lguest.core.async_ring import AsyncRing
 from cuse_lguest.core.contract import GuestParams, RunExit
 from cuse_lguest.core.handshake import LguestData, lguest_init
 from cuse_lguest.core.hypercalls import Hypercalls
+from cuse_lguest.cpu import exits
 from cuse_lguest.cpu._native import lib
 from cuse_lguest.cpu.machine import Machine
 from cuse_lguest.memory.errors import GuestFault
@@ -82,6 +83,11 @@ class VCpu:
         self.notify = 0
         self._leave: tuple[RunExit, int] | None = None
         self.machine.install_hooks(self._on_intr, self._on_invalid)
+        self.exits = self.machine.exits
+        self.exits.connect(line.word_addresses(), stats.slot_arrays())
+        # C finishes an exit without the memory's exit sync point, so only
+        # where that point does nothing (shared memory; mirror mode polls there).
+        self.exits.enabled = exits.wanted() and type(memory).at_exit is GuestMemory.at_exit
 
     # ---- the loop -------------------------------------------------------------
     def run(self) -> tuple[RunExit, int]:
@@ -153,6 +159,7 @@ class VCpu:
             if nr != abi.LHCALL_LGUEST_INIT:
                 raise GuestFault(f"hypercall {nr} before INIT")
             self.ld = lguest_init(self.memory, a1)
+            self.exits.set_lguest_data(self.ld.gpa)
             self.ring = AsyncRing(self.memory, self.ld.gpa, self._async_call, self._notify_pending)
             return
         self.ring.drain()
@@ -252,6 +259,15 @@ class VCpu:
             return False
 
     # ---- called by hypercalls ---------------------------------------------------
+    def set_gate(self, vector: int, gate: tuple[int, int, int] | None) -> None:
+        """LOAD_IDT_ENTRY: (offset, dpl, type), or None for no gate; the native exits get a copy."""
+        self.idt[vector] = gate
+        self.exits.set_gate(vector, gate)
+
+    def set_kernel_stack(self, ss: int, esp: int) -> None:
+        self.kernel_stack = (ss, esp)
+        self.exits.set_kernel_stack(ss, esp)
+
     def shutdown(self, reason: str, restart: bool) -> None:
         self.guest.kill(reason)
         if restart:

@@ -19,6 +19,7 @@ once per process and refuses to run if anything is off.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import struct
 import threading
 
@@ -165,6 +166,20 @@ def layout() -> Layout:
         return _layout
 
 
+@dataclasses.dataclass(frozen=True)
+class NativeView:
+    """Where C code finds what the properties below read: the context's address and byte offsets in it."""
+    address: int
+    error_code: int
+    is_int: int
+    old_exception: int
+    hflags: int
+    segs: int
+    seg_size: int = SEG_SIZE
+    seg_cs: int = SEG_CS
+    seg_ss: int = SEG_SS
+
+
 class SavedContext:
     """One pre-allocated context per vCPU, used from inside hooks.
 
@@ -183,6 +198,12 @@ class SavedContext:
         self._old_exception = ctypes.c_int32.from_address(d + self._lay.old_exception)
         self._hflags = ctypes.c_uint32.from_address(d + OFF_HFLAGS)
         self._segs = d + OFF_SEGS
+
+    def native_view(self) -> NativeView:
+        """The same context for native code (cpu/exits.py), which saves and restores it itself."""
+        lay = self._lay
+        return NativeView(_ctx_address(self._ctx), lay.data + lay.error_code, lay.data + lay.is_int,
+                          lay.data + lay.old_exception, lay.data + OFF_HFLAGS, lay.data + OFF_SEGS)
 
     def snapshot(self) -> None:
         self._uc.context_update(self._ctx)

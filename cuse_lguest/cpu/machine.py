@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INSN, UC_HOOK_INSN_INVALID,
-                     UC_HOOK_INTR, UC_PROT_ALL, Uc, UcError)
+                     UC_PROT_ALL, Uc, UcError)
 from unicorn.x86_const import (UC_X86_INS_CPUID, UC_X86_INS_IN, UC_X86_INS_OUT, UC_X86_REG_CR0,
                                UC_X86_REG_CR3, UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_EAX,
                                UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX,
@@ -37,6 +37,7 @@ from unicorn.x86_const import (UC_X86_INS_CPUID, UC_X86_INS_IN, UC_X86_INS_OUT, 
 from cuse_lguest import abi
 from cuse_lguest.cpu import cpuid, engine
 from cuse_lguest.cpu.context import SEG_CS, SEG_SS, SavedContext
+from cuse_lguest.cpu.exits import NativeExits
 from cuse_lguest.cpu.gdt import HostGdt, cache_of
 from cuse_lguest.cpu.paging import PageDirectoryMirror
 from cuse_lguest.cpu.regs import RawRegs
@@ -81,9 +82,10 @@ class Machine:
 
     # ---- wiring -------------------------------------------------------
     def install_hooks(self, on_intr: Callable[[int], None], on_invalid: Callable[[], bool]) -> None:
-        """Traps and software interrupts go to on_intr(vector); ud2 & co to on_invalid()."""
+        """Traps and software interrupts go to the native hook, and on to on_intr(vector) for
+        what it leaves (cpu/exits.py); ud2 & co to on_invalid()."""
         uc = self.uc
-        uc.hook_add(UC_HOOK_INTR, lambda _uc, intno, _ud: on_intr(intno))
+        self.exits = NativeExits(uc, self.ctx, self.memory, self.region, on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, lambda _uc, _ud: on_invalid())
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
@@ -140,6 +142,7 @@ class Machine:
         """Switch to (a copy of) the Guest's page directory; the first call turns paging on."""
         first = not self.pgdir.paging
         self.pgdir.load(pgd_gpa)
+        self.exits.set_page_directory(self.pgdir.guest_pgd)
         self.regs.write(UC_X86_REG_CR3, PD_ADDR)              # also flushes Unicorn's TLB
         if first:
             self.regs.write(UC_X86_REG_CR0, self.regs.read(UC_X86_REG_CR0) | CR0_PG | CR0_WP)

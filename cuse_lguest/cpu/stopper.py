@@ -41,7 +41,7 @@ FLAG = "block-stop flag"          # StopFlag.kind: Unicorn reads the flag at blo
 HOOK = "block hook"               # StopFlag.kind: a UC_HOOK_BLOCK callback reads the flag
 
 
-def _symbol(name: str) -> int | None:
+def library_symbol(name: str) -> int | None:
     """Address of `name` in the libunicorn the binding loaded, or None if it has none."""
     try:
         return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value
@@ -52,7 +52,7 @@ def _symbol(name: str) -> int | None:
 def block_stop_available() -> bool:
     """Whether the loaded libunicorn can read our stop flag at block starts, safely (see above)."""
     marker = unicorn_build.current().marker or {}
-    return _symbol(BLOCK_STOP_ENTRY) is not None and STALE_PC_FIX in marker.get("patches", ())
+    return library_symbol(BLOCK_STOP_ENTRY) is not None and STALE_PC_FIX in marker.get("patches", ())
 
 
 
@@ -73,12 +73,12 @@ class StopFlag:
         self._state = state if state is not None else ffi.new("struct lg_stop *")
         handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
         if not use_hook and block_stop_available():
-            set_flag = ffi.cast("int (*)(void *, volatile int *)", _symbol(BLOCK_STOP_ENTRY))
+            set_flag = ffi.cast("int (*)(void *, volatile int *)", library_symbol(BLOCK_STOP_ENTRY))
             err = set_flag(ffi.cast("void *", handle), ffi.addressof(self._state, "flag"))
             what, self.kind = BLOCK_STOP_ENTRY, FLAG
         else:
             self._state.uc = ffi.cast("void *", handle)
-            self._state.emu_stop = ffi.cast("int (*)(void *)", _symbol("uc_emu_stop"))
+            self._state.emu_stop = ffi.cast("int (*)(void *)", library_symbol("uc_emu_stop"))
             hook = ctypes.c_size_t()
             cb = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_block_hook")))
             user = int(ffi.cast("uintptr_t", self._state))

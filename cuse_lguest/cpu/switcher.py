@@ -54,8 +54,8 @@ class SwitcherRegion:
     def __init__(self, uc: Uc) -> None:
         self.buf = mmap.mmap(-1, REGION_SIZE)
         self.view = memoryview(self.buf)
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
-        uc.mem_map_ptr(SWITCHER_BASE, REGION_SIZE, UC_PROT_READ | UC_PROT_EXEC, addr)
+        self._host = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+        uc.mem_map_ptr(SWITCHER_BASE, REGION_SIZE, UC_PROT_READ | UC_PROT_EXEC, self._host)
         # Slot 1023's page table: the GDT (supervisor) and the stop page (user), both read-only.
         # ACCESSED is preset so the MMU never needs to write into these read-only pages.
         self._put(PT_ADDR + ((GDT_ADDR >> 12) & 0x3FF) * 4, GDT_ADDR | abi.PTE_PRESENT | abi.PTE_ACCESSED)
@@ -67,6 +67,10 @@ class SwitcherRegion:
     def switcher_pde(self) -> int:
         """U so a stop at CPL 3 can reach the stop page; no RW: nothing here is Guest-writable."""
         return PT_ADDR | abi.PTE_PRESENT | abi.PTE_USER | abi.PTE_ACCESSED
+
+    def host_address(self, addr: int) -> int:
+        """Where the region's `addr` is in this process (for native code that reads it)."""
+        return self._host + addr - SWITCHER_BASE
 
     def _put(self, addr: int, value: int) -> None:
         _U32.pack_into(self.view, addr - SWITCHER_BASE, value)

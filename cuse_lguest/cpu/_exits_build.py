@@ -1,0 +1,294 @@
+"""cffi (API mode) builder for the native exits.  Listed in setup.py's cffi_modules.
+
+Every trap and software interrupt of the Guest arrives in one UC_HOOK_INTR
+callback, lg_intr_hook, which Unicorn calls on the vCPU thread inside
+emu_start.  It handles the exits whose outcome needs no decision at all,
+the way lguest's host let the CPU deliver a Guest's system calls "directly",
+and hands everything else, unchanged, to the Python handler (VCpu._on_intr),
+which owns every policy decision and every kill text.
+
+What C handles: a software interrupt (`int n`) from ring 3 whose IDT gate
+the Guest loaded and whose DPL lets ring 3 use it (a system call, or int3 to
+a DPL-3 gate), and a page fault from ring 3 that the Guest's own handler
+must see.  It builds exactly the frame interrupts.push_frame builds, in the
+same order of reads and writes: kernel stack from SET_STACK, SS and ESP,
+EFLAGS with IF taken from lguest_data.irq_enabled, CS, EIP, the error code;
+the running EFLAGS lose TF, VM, RF and NT; the ring switch patches CS, SS
+and the CPL in a saved context exactly as Machine.enter_ring1 does, and
+old_exception is reset as SavedContext.clear_old_exception does.
+
+What C leaves to Python (returns before it has changed anything): the
+feature switched off, no lguest_data yet, anything not from ring 3, a gate
+that is missing or refuses ring 3, a frame or page-table page that does not
+translate into Guest RAM, a page fault whose page directory slot the Guest
+changed behind our back (the mirror needs a re-copy), a Guest that is dead,
+an interrupt request from the device, an LHREQ_IRQ the vCPU has not yet
+looked at, or a pending IRQ the Guest has not blocked.  Python would have
+acted on those right after delivering the frame; here it simply does it all.
+
+The Guest state C reads lives in struct lg_exits and is written by Python
+whenever it changes (LOAD_IDT_ENTRY, SET_STACK, LGUEST_INIT, NEW_PGTABLE):
+Python stays the owner, C keeps a copy.  Both run on the vCPU thread only.
+The C side never takes the GIL.
+
+Nothing here links libunicorn: uc_reg_read, uc_reg_write, uc_context_save
+and uc_context_restore are the loaded library's own addresses, handed over
+at run time (cpu/exits.py), like uc_emu_stop in _native_build.py.  The ABI
+numbers and Unicorn's register ids are written into the C source at build
+time from cuse_lguest/abi.py and the binding's x86_const, so each number has
+one home.
+"""
+import importlib.util
+import pathlib
+
+from cffi import FFI
+from unicorn import x86_const as X
+
+
+def _abi():
+    """cuse_lguest/abi.py by path: importing the package would need its cffi modules, being built."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "abi.py"
+    spec = importlib.util.spec_from_file_location("_lg_abi_for_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+abi = _abi()
+_DEFINES = {
+    "LG_IDT_ENTRIES": abi.IDT_ENTRIES,
+    "LG_GDT_ENTRIES": abi.GDT_ENTRIES,
+    "LG_GDT_KERNEL_CS": abi.GDT_ENTRY_KERNEL_CS,
+    "LG_GUEST_PL": abi.GUEST_PL,
+    "LG_GUEST_CS": abi.GUEST_CS,
+    "LG_GATE_INTERRUPT": abi.GATE_INTERRUPT,
+    "LG_EFLAGS_IF": abi.X86_EFLAGS_IF,
+    "LG_EFLAGS_CLEARED": abi.X86_EFLAGS_TF | abi.X86_EFLAGS_VM | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_NT,
+    "LG_LD_IRQ_ENABLED": abi.LGUEST_DATA_IRQ_ENABLED,
+    "LG_LD_BLOCKED": abi.LGUEST_DATA_BLOCKED_INTERRUPTS,
+    "LG_PTE_PRESENT": abi.PTE_PRESENT,
+    "LG_REG_CS": X.UC_X86_REG_CS,
+    "LG_REG_SS": X.UC_X86_REG_SS,
+    "LG_REG_ESP": X.UC_X86_REG_ESP,
+    "LG_REG_EIP": X.UC_X86_REG_EIP,
+    "LG_REG_EFLAGS": X.UC_X86_REG_EFLAGS,
+}
+
+_CDEF = """
+    struct lg_gate {
+        uint32_t offset;
+        uint32_t dpl;
+        uint32_t type;                  /* 0: no gate */
+    };
+    struct lg_exits {
+        /* libunicorn, taken from the loaded library at run time */
+        void *uc;
+        int (*reg_read)(void *uc, int regid, void *value);
+        int (*reg_write)(void *uc, int regid, const void *value);
+        int (*context_save)(void *uc, void *context);
+        int (*context_restore)(void *uc, void *context);
+        char *ctx;                      /* a uc_context (SavedContext's own) */
+        uint32_t ctx_error_code, ctx_is_int, ctx_old_exception, ctx_hflags, ctx_segs;
+        uint32_t seg_size, seg_cs, seg_ss;
+        /* the slow path: VCpu._on_intr behind the binding's exception guard */
+        void (*slow)(void *uc, uint32_t intno, void *user_data);
+        /* where things are in this process */
+        uint8_t *ram;
+        uint64_t limit;
+        uint32_t *host_pd;              /* the page directory mirror (switcher region) */
+        uint32_t switcher_slot;         /* its first slot that is not the Guest's */
+        uint64_t *gdt;                  /* the live GDT (switcher region) */
+        volatile uint32_t *pending, *from_launcher, *alive, *interrupt;
+        uint64_t *stat_count, *stat_ns;
+        uint32_t trap_slot_base;
+        /* the Guest's state, copied in by Python when it changes */
+        int enabled;
+        int have_ld;
+        uint32_t ld;
+        int paging;
+        uint32_t kstack_ss, kstack_esp;
+        struct lg_gate idt[%d];
+        uint64_t handled;               /* exits C delivered (tests look) */
+    };
+    void lg_intr_hook(void *uc, uint32_t intno, void *user_data);
+""" % abi.IDT_ENTRIES
+
+_SOURCE = r"""
+    #include <stdint.h>
+    #include <string.h>
+    #include <time.h>
+""" + "".join(f"    #define {k} {v:#x}u\n" for k, v in _DEFINES.items()) + r"""
+    #define LG_FRAME 0xFFFFF000u
+""" + _CDEF + r"""
+    static uint64_t lg_now(void)
+    {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    }
+
+    static uint32_t lg_reg(struct lg_exits *x, int reg)
+    {
+        uint64_t v = 0;                 /* a selector read fills two bytes only */
+        x->reg_read(x->uc, reg, &v);
+        return (uint32_t)v;
+    }
+
+    static void lg_set_reg(struct lg_exits *x, int reg, uint32_t value)
+    {
+        uint64_t v = value;
+        x->reg_write(x->uc, reg, &v);
+    }
+
+    /* Guest RAM as GuestMemory sees it: 0 unless [gpa, gpa+4) lies below the limit. */
+    static int lg_in_ram(struct lg_exits *x, uint64_t gpa, uint64_t len)
+    {
+        return gpa + len <= x->limit;
+    }
+
+    static uint32_t lg_rd32(struct lg_exits *x, uint64_t gpa)
+    {
+        uint32_t v;
+        memcpy(&v, x->ram + gpa, 4);
+        return v;
+    }
+
+    static void lg_wr32(struct lg_exits *x, uint64_t gpa, uint32_t v)
+    {
+        memcpy(x->ram + gpa, &v, 4);
+    }
+
+    /* PageDirectoryMirror.translate: 1 and *gpa, or 0 (unmapped, or a page
+     * table outside RAM, where Python's read would kill the Guest). */
+    static int lg_translate(struct lg_exits *x, uint32_t vaddr, uint64_t *gpa)
+    {
+        if (!x->paging) {
+            *gpa = vaddr;
+            return 1;
+        }
+        uint32_t index = vaddr >> 22;
+        if (index >= x->switcher_slot)
+            return 0;
+        uint32_t pde = x->host_pd[index];
+        if (!(pde & LG_PTE_PRESENT))
+            return 0;
+        uint64_t at = (uint64_t)(pde & LG_FRAME) + ((vaddr >> 12) & 0x3FF) * 4;
+        if (!lg_in_ram(x, at, 4))
+            return 0;
+        uint32_t pte = lg_rd32(x, at);
+        if (!(pte & LG_PTE_PRESENT))
+            return 0;
+        *gpa = (pte & LG_FRAME) | (vaddr & 0xFFF);
+        return 1;
+    }
+
+    /* Nothing Python would do right after the delivery: no death, no
+     * interrupt request, no unseen LHREQ_IRQ, no IRQ the Guest would take. */
+    static int lg_quiet(struct lg_exits *x)
+    {
+        if (!__atomic_load_n(x->alive, __ATOMIC_SEQ_CST) || __atomic_load_n(x->interrupt, __ATOMIC_SEQ_CST)
+            || __atomic_load_n(x->from_launcher, __ATOMIC_SEQ_CST))
+            return 0;
+        uint32_t pending = __atomic_load_n(x->pending, __ATOMIC_SEQ_CST);
+        return !(pending & ~lg_rd32(x, x->ld + LG_LD_BLOCKED));
+    }
+
+    static void lg_set_segment(struct lg_exits *x, uint32_t index, uint32_t selector, uint64_t desc)
+    {
+        char *at = x->ctx + x->ctx_segs + index * x->seg_size;
+        uint32_t lo = (uint32_t)desc, hi = (uint32_t)(desc >> 32);
+        uint64_t base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000u);
+        uint32_t limit = (lo & 0xFFFF) | (hi & 0xF0000);
+        if (hi & (1u << 23))
+            limit = (limit << 12) | 0xFFF;
+        memcpy(at, &selector, 4);
+        memcpy(at + 8, &base, 8);
+        memcpy(at + 16, &limit, 4);
+        memcpy(at + 20, &hi, 4);
+    }
+
+    /* interrupts.push_frame, for a Guest at CPL 3.  The context was saved by
+     * the caller.  0 (nothing changed) when any page is not where it must be. */
+    static int lg_push_frame(struct lg_exits *x, const struct lg_gate *gate, uint32_t cs,
+                             int with_err, uint32_t err, uint32_t eip)
+    {
+        uint32_t ss = lg_reg(x, LG_REG_SS), esp = lg_reg(x, LG_REG_ESP);
+        uint32_t eflags = lg_reg(x, LG_REG_EFLAGS), running = eflags;
+        int from_user = (ss & 3) != LG_GUEST_PL;
+        uint32_t words[6], n = 0, new_ss = ss, new_esp = esp;
+        if (from_user) {
+            new_ss = x->kstack_ss;
+            new_esp = x->kstack_esp;
+            words[n++] = ss;
+            words[n++] = esp;
+        }
+        if (!(lg_rd32(x, x->ld + LG_LD_IRQ_ENABLED) & LG_EFLAGS_IF))
+            eflags &= ~LG_EFLAGS_IF;
+        words[n++] = eflags;
+        words[n++] = cs;
+        words[n++] = eip;
+        if (with_err)
+            words[n++] = err;
+        uint64_t gpa;
+        if (!lg_translate(x, new_esp - 4, &gpa) || !lg_in_ram(x, gpa, 4) || gpa < 4 * (n - 1))
+            return 0;
+        for (uint32_t i = 0; i < n; i++)
+            lg_wr32(x, gpa - 4 * i, words[i]);
+        *(int32_t *)(x->ctx + x->ctx_old_exception) = -1;
+        if (from_user) {
+            uint32_t *hflags = (uint32_t *)(x->ctx + x->ctx_hflags);
+            lg_set_segment(x, x->seg_cs, LG_GUEST_CS, x->gdt[LG_GDT_KERNEL_CS]);
+            lg_set_segment(x, x->seg_ss, new_ss, x->gdt[(new_ss >> 3) & (LG_GDT_ENTRIES - 1)]);
+            *hflags = (*hflags & ~3u) | LG_GUEST_PL;
+        }
+        x->context_restore(x->uc, x->ctx);
+        lg_set_reg(x, LG_REG_ESP, new_esp - 4 * n);
+        lg_set_reg(x, LG_REG_EFLAGS, running & ~LG_EFLAGS_CLEARED);
+        lg_set_reg(x, LG_REG_EIP, gate->offset);
+        if (gate->type == LG_GATE_INTERRUPT)
+            lg_wr32(x, x->ld + LG_LD_IRQ_ENABLED, 0);
+        return 1;
+    }
+
+    /* The exit as C can finish it: its stats slot, or -1 for Python. */
+    static int lg_native_exit(struct lg_exits *x, uint32_t intno)
+    {
+        if (!x->enabled || !x->have_ld || intno >= LG_IDT_ENTRIES)
+            return -1;
+        uint32_t cs = lg_reg(x, LG_REG_CS);
+        if ((cs & 3) != 3 || !lg_quiet(x))
+            return -1;
+        const struct lg_gate *gate = &x->idt[intno];
+        if (!gate->type)
+            return -1;
+        x->context_save(x->uc, x->ctx);
+        if (!*(int32_t *)(x->ctx + x->ctx_is_int))
+            return -1;                  /* a fault: Python's, for now */
+        if (gate->dpl < 3)
+            return -1;                  /* the #GP that refusal becomes is Python's */
+        if (!lg_push_frame(x, gate, cs, 0, 0, lg_reg(x, LG_REG_EIP)))
+            return -1;
+        return (int)(x->trap_slot_base + 2 * intno + 1);
+    }
+
+    void lg_intr_hook(void *uc, uint32_t intno, void *user_data)
+    {
+        struct lg_exits *x = user_data;
+        uint64_t started = lg_now();
+        int slot = lg_native_exit(x, intno);
+        if (slot < 0) {
+            x->slow(uc, intno, NULL);
+            return;
+        }
+        x->handled++;
+        __atomic_fetch_add(&x->stat_count[slot], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x->stat_ns[slot], lg_now() - started, __ATOMIC_RELAXED);
+    }
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(_CDEF)
+ffibuilder.set_source("cuse_lguest.cpu._exits", _SOURCE)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,85 @@
+"""Native exits (cpu/exits.py) against the Python path: the same Guest code, frame by frame.
+
+Each test guest runs twice, with native exits on and off.  A code hook on
+the Guest's trap stubs records, at the first instruction of every handler,
+what the delivery left behind: EIP, ESP, CS, SS, EFLAGS, the six words at
+the top of the new stack, and lguest_data's irq_enabled and cr2.  The two
+traces must be identical, and the native run must really have taken the C
+path (its count of natively handled exits), or the comparison proves nothing.
+"""
+from __future__ import annotations
+
+from unicorn import UC_HOOK_CODE
+from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EFLAGS, UC_X86_REG_ESP, UC_X86_REG_SS)
+
+from cuse_lguest import abi
+from cuse_lguest.core import exitstats
+from cuse_lguest.cpu import exits
+from test_core_support import boot, symbol
+
+STUBS = 129            # native/guests/core/entry.S: one 16-byte stub per vector 0..128
+FRAME_WORDS = 6
+USER_CS = 0x73         # the ring-3 code segment the core guests use
+
+
+def trace(build, name: str, native: bool) -> dict:
+    g = boot(build, name)
+    v = g.guest.vcpu
+    v.exits.enabled = native
+    table = symbol(g.elf, "trap_stubs_table")
+    frames = []
+
+    def word(vaddr: int) -> int | None:
+        gpa = v.machine.pgdir.translate(vaddr & 0xFFFFFFFF)
+        return v.memory.read_u32(gpa) if gpa is not None and gpa + 4 <= v.memory.limit else None
+
+    def at_handler(_uc, address: int, _size: int, _ud) -> None:
+        if address not in {gate[0] for gate in v.idt if gate is not None}:
+            return
+        r = v.regs
+        esp = r.read(UC_X86_REG_ESP)
+        frames.append({
+            "eip": address, "esp": esp, "cs": r.read(UC_X86_REG_CS), "ss": r.read(UC_X86_REG_SS),
+            "eflags": r.read(UC_X86_REG_EFLAGS),
+            "stack": tuple(word(esp + 4 * i) for i in range(FRAME_WORDS)),
+            "irq_enabled": v.memory.read_u32(v.ld.gpa + abi.LGUEST_DATA_IRQ_ENABLED),
+            "cr2": v.memory.read_u32(v.ld.gpa + abi.LGUEST_DATA_CR2),
+        })
+    v.machine.uc.hook_add(UC_HOOK_CODE, at_handler, None, table, table + 16 * STUBS - 1)
+    try:
+        death = g.run_to_end()
+        counts = v.stats.snapshot().count
+    finally:
+        g.close()
+    return {"death": death, "console": g.console, "frames": frames, "handled": v.exits.handled,
+            "trap_counts": counts[exitstats.TRAP:exitstats.HCALL]}
+
+
+def test_user_traps_deliver_the_same_frames_natively(native_build):
+    python, native = trace(native_build, "usertraps", False), trace(native_build, "usertraps", True)
+    assert python["handled"] == 0
+    # usertraps.c: 8 rounds of two system calls and an int3 through a DPL 3 interrupt gate; then two.
+    assert native["handled"] >= 8 * 3 + 2
+    assert python["death"] == native["death"] == "CRASH: user program finished"
+    assert native["console"] == python["console"]
+    assert len(native["frames"]) == len(python["frames"]) > native["handled"]
+    for i, (want, got) in enumerate(zip(python["frames"], native["frames"])):
+        assert got == want, f"trap #{i}: native {got} != python {want}"
+    # The profiler counts the same exits in the same slots either way.
+    assert native["trap_counts"] == python["trap_counts"]
+    # The guest turned its virtual IF off between system calls: some frame shows it.
+    # (A frame without error code from ring 3: EIP, CS, EFLAGS, ESP, SS.)
+    from_user = [f["stack"] for f in native["frames"] if f["stack"][1] == USER_CS]
+    assert any(not stack[2] & abi.X86_EFLAGS_IF for stack in from_user)
+    assert any(stack[2] & abi.X86_EFLAGS_IF for stack in from_user)
+
+
+def test_environment_switches_native_exits_off(native_build, monkeypatch):
+    monkeypatch.setenv(exits.ENV, "0")
+    g = boot(native_build, "usertraps")
+    try:
+        assert not g.guest.vcpu.exits.enabled
+        assert g.run_to_end() == "CRASH: user program finished"
+        assert g.guest.vcpu.exits.handled == 0
+    finally:
+        g.close()
