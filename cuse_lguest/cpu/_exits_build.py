@@ -10,7 +10,7 @@ which owns every policy decision and every kill text.
 What C handles: a software interrupt (`int n`) from ring 3 whose IDT gate
 the Guest loaded and whose DPL lets ring 3 use it (a system call, or int3 to
 a DPL-3 gate), and a page fault from ring 3 that the Guest's own handler
-must see.  It builds exactly the frame interrupts.push_frame builds, in the
+must see (CR2 written to lguest_data.cr2, the frame with the error code).  It builds exactly the frame interrupts.push_frame builds, in the
 same order of reads and writes: kernel stack from SET_STACK, SS and ESP,
 EFLAGS with IF taken from lguest_data.irq_enabled, CS, EIP, the error code;
 the running EFLAGS lose TF, VM, RF and NT; the ring switch patches CS, SS
@@ -66,12 +66,17 @@ _DEFINES = {
     "LG_EFLAGS_CLEARED": abi.X86_EFLAGS_TF | abi.X86_EFLAGS_VM | abi.X86_EFLAGS_RF | abi.X86_EFLAGS_NT,
     "LG_LD_IRQ_ENABLED": abi.LGUEST_DATA_IRQ_ENABLED,
     "LG_LD_BLOCKED": abi.LGUEST_DATA_BLOCKED_INTERRUPTS,
+    "LG_LD_CR2": abi.LGUEST_DATA_CR2,
     "LG_PTE_PRESENT": abi.PTE_PRESENT,
+    "LG_PTE_ACCESSED": abi.PTE_ACCESSED,
+    "LG_PGD_ALLOWED": abi.PGD_ALLOWED_FLAGS,
+    "LG_PAGE_FAULT": 14,
     "LG_REG_CS": X.UC_X86_REG_CS,
     "LG_REG_SS": X.UC_X86_REG_SS,
     "LG_REG_ESP": X.UC_X86_REG_ESP,
     "LG_REG_EIP": X.UC_X86_REG_EIP,
     "LG_REG_EFLAGS": X.UC_X86_REG_EFLAGS,
+    "LG_REG_CR2": X.UC_X86_REG_CR2,
 }
 
 _CDEF = """
@@ -95,6 +100,7 @@ _CDEF = """
         /* where things are in this process */
         uint8_t *ram;
         uint64_t limit;
+        uint64_t pfnlimit;
         uint32_t *host_pd;              /* the page directory mirror (switcher region) */
         uint32_t switcher_slot;         /* its first slot that is not the Guest's */
         uint64_t *gdt;                  /* the live GDT (switcher region) */
@@ -106,6 +112,7 @@ _CDEF = """
         int have_ld;
         uint32_t ld;
         int paging;
+        uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
         uint32_t kstack_ss, kstack_esp;
         struct lg_gate idt[%d];
         uint64_t handled;               /* exits C delivered (tests look) */
@@ -193,6 +200,28 @@ _SOURCE = r"""
         return !(pending & ~lg_rd32(x, x->ld + LG_LD_BLOCKED));
     }
 
+    /* PageDirectoryMirror.sync's question without its answer: does our copy
+     * of the slot for `vaddr` still say what the Guest's entry says?  0 also
+     * when the entry is one Python would kill the Guest for. */
+    static int lg_pde_current(struct lg_exits *x, uint32_t vaddr)
+    {
+        uint32_t index = vaddr >> 22;
+        if (!x->paging || index >= x->switcher_slot)
+            return 1;
+        uint64_t at = (uint64_t)x->guest_pgd + index * 4;
+        if (!lg_in_ram(x, at, 4))
+            return 0;
+        uint32_t entry = lg_rd32(x, at);
+        if (entry & LG_PTE_PRESENT) {
+            if ((entry & 0xFFF & ~LG_PGD_ALLOWED) || (entry >> 12) >= x->pfnlimit)
+                return 0;
+            entry |= LG_PTE_ACCESSED;
+        } else {
+            entry = 0;
+        }
+        return x->host_pd[index] == entry;
+    }
+
     static void lg_set_segment(struct lg_exits *x, uint32_t index, uint32_t selector, uint64_t desc)
     {
         char *at = x->ctx + x->ctx_segs + index * x->seg_size;
@@ -262,12 +291,25 @@ _SOURCE = r"""
         if (!gate->type)
             return -1;
         x->context_save(x->uc, x->ctx);
-        if (!*(int32_t *)(x->ctx + x->ctx_is_int))
-            return -1;                  /* a fault: Python's, for now */
-        if (gate->dpl < 3)
-            return -1;                  /* the #GP that refusal becomes is Python's */
-        if (!lg_push_frame(x, gate, cs, 0, 0, lg_reg(x, LG_REG_EIP)))
-            return -1;
+        if (*(int32_t *)(x->ctx + x->ctx_is_int)) {
+            if (gate->dpl < 3)
+                return -1;              /* the #GP that refusal becomes is Python's */
+            if (!lg_push_frame(x, gate, cs, 0, 0, lg_reg(x, LG_REG_EIP)))
+                return -1;
+        } else if (intno == LG_PAGE_FAULT) {
+            /* interrupts.page_fault: CR2 for the Guest, then the frame with
+             * the error code.  Should the frame fail, Python's first step is
+             * to write the very same CR2, so writing it here changes nothing. */
+            uint32_t cr2 = lg_reg(x, LG_REG_CR2);
+            uint32_t err = (uint32_t)*(int32_t *)(x->ctx + x->ctx_error_code);
+            if (!lg_pde_current(x, cr2))
+                return -1;              /* the mirror needs a re-copy: Python's */
+            lg_wr32(x, x->ld + LG_LD_CR2, cr2);
+            if (!lg_push_frame(x, gate, cs, 1, err, lg_reg(x, LG_REG_EIP)))
+                return -1;
+        } else {
+            return -1;                  /* other faults: Python's */
+        }
         return (int)(x->trap_slot_base + 2 * intno + 1);
     }
 

@@ -79,6 +79,7 @@ class NativeExits:
         x.slow = ffi.cast("void (*)(void *, uint32_t, void *)", ctypes.cast(self._slow, ctypes.c_void_p).value)
         x.ram = ffi.cast("uint8_t *", memory.host_address)
         x.limit = memory.limit
+        x.pfnlimit = memory.pfnlimit
         x.host_pd = ffi.cast("uint32_t *", region.host_address(PD_ADDR))
         x.switcher_slot = SWITCHER_PDE_INDEX
         x.gdt = ffi.cast("uint64_t *", region.host_address(GDT_ADDR))
@@ -127,4 +128,4 @@ class NativeExits:
 
     def set_page_directory(self, gpa: int | None) -> None:
         """The Guest's current top level (None: paging still off, virtual is physical)."""
-        self._x.paging = int(gpa is not None)
+        self._x.paging, self._x.guest_pgd = (0, 0) if gpa is None else (1, gpa)

@@ -1,6 +1,7 @@
 /* Ring 3 traps of every kind the host may deliver natively, and their neighbours that it must not:
  * system calls with the virtual IF on and off, int3 through a DPL 3 interrupt gate, demand-paged
- * and fatal-looking page faults (fixed up or skipped by the handler), and int $0x40 (DPL 1: #GP).
+ * and fatal-looking page faults (fixed up or skipped by the handler), a page directory entry the
+ * host learns of only at the fault (no frame: the host re-copies it), and int $0x40 (DPL 1: #GP).
  * tests/host/test_core_native_exits.py runs it with native exits on and off and compares each frame. */
 #include "lguest.h"
 
@@ -9,11 +10,13 @@ static u32 pt[1024] __attribute__((aligned(4096)));
 static u8 kstack[8192] __attribute__((aligned(4096)));
 static u8 ustack[4096] __attribute__((aligned(4096)));
 static u8 fresh[2][4096] __attribute__((aligned(4096)));
+static u32 pt2[1024] __attribute__((aligned(4096)));
 
 #define DEMAND_PAGE   0x302000      /* not present until the first touch; then fresh[0] */
 #define DEMAND_PAGE2  0x303000      /* the same by a write; then fresh[1] */
 #define READONLY_PAGE 0x301000
 #define NO_PDE        0x40000000    /* no page table at all */
+#define QUIET_PDE     0x00400000    /* given a page table behind the host's back (no SET_PGD) */
 #define ROUNDS 8
 
 static void handler(struct frame *f)
@@ -25,6 +28,8 @@ static void handler(struct frame *f)
             f->eflags &= ~0x200u;    /* the way back turns the virtual IF off... */
         else if (f->eax == 4)
             f->eflags |= 0x200u;     /* ...and on again */
+        else if (f->eax == 5)
+            pd[QUIET_PDE >> 22] = (u32)pt2 | PTE_P | PTE_W | PTE_U;   /* the host finds out at the fault */
         f->eax = 0x600D;
         return;
     }
@@ -59,6 +64,8 @@ static void user_main(void)
         PROBE_AT("movl %%ecx, (%0)", 2, READONLY_PAGE + 4 * round);
         PROBE_AT("movl (%0), %%ecx", 2, NO_PDE + 8 * round);
     }
+    syscall1(5);
+    PROBE_AT("movl (%0), %%ecx", 2, QUIET_PDE + 0x30);
     PROBE_AT("movl (%0), %%ecx", 2, DEMAND_PAGE + 0x10);
     PROBE_AT("movl %%ecx, (%0)", 2, DEMAND_PAGE2 + 0x20);
     syscall1(4);
@@ -79,6 +86,8 @@ int main(void)
     pt[DEMAND_PAGE >> 12] = 0;
     pt[DEMAND_PAGE2 >> 12] = 0;
     pd[0] = (u32)pt | PTE_P | PTE_W | PTE_U;
+    for (u32 i = 0; i < 1024; i++)
+        pt2[i] = (i << 12) | PTE_P | PTE_W | PTE_U;
     hcall(LHCALL_NEW_PGTABLE, (u32)pd, 0, 0, 0);
     hcall(LHCALL_LOAD_GDT_ENTRY, 14, 0x0000FFFF, 0x00CFFA00, 0);
     hcall(LHCALL_LOAD_GDT_ENTRY, 15, 0x0000FFFF, 0x00CFF200, 0);
