@@ -34,13 +34,24 @@ class AsyncRing:
     """
 
     def __init__(self, memory: GuestMemory, ld: int, execute: Callable[[int, int, int, int, int], None],
-                 notify_pending: Callable[[], bool]) -> None:
+                 notify_pending: Callable[[], bool], cursor_cell=None) -> None:
+        """`cursor_cell`: where the cursor lives (`cell[0]`) when native code drains the ring
+        too (cpu/exits.py); a private cell when None."""
         self._mem = memory
         self._status = ld + abi.LGUEST_DATA_HCALL_STATUS
         self._args = ld + abi.LGUEST_DATA_HCALLS
         self._execute = execute
         self._notify_pending = notify_pending
+        self._cell = cursor_cell if cursor_cell is not None else [0]
         self.cursor = 0
+
+    @property
+    def cursor(self) -> int:
+        return self._cell[0]
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self._cell[0] = value
 
     def drain(self) -> None:
         """Run queued calls; stop at a free slot, after 64, or after one that left a NOTIFY pending."""

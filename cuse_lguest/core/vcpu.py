@@ -84,7 +84,8 @@ class VCpu:
         self._leave: tuple[RunExit, int] | None = None
         self.machine.install_hooks(self._on_intr, self._on_invalid)
         self.exits = self.machine.exits
-        self.exits.connect(line.word_addresses(), stats.slot_arrays())
+        self.exits.connect(line.word_addresses(), stats.slot_arrays(),
+                           (exitstats.TRAP, exitstats.HCALL, exitstats.ASYNC, exitstats.HCALL_SLOTS))
         # C finishes an exit without the memory's exit sync point, so only
         # where that point does nothing (shared memory; mirror mode polls there).
         self.exits.enabled = exits.wanted() and type(memory).at_exit is GuestMemory.at_exit
@@ -160,7 +161,8 @@ class VCpu:
                 raise GuestFault(f"hypercall {nr} before INIT")
             self.ld = lguest_init(self.memory, a1)
             self.exits.set_lguest_data(self.ld.gpa)
-            self.ring = AsyncRing(self.memory, self.ld.gpa, self._async_call, self._notify_pending)
+            self.ring = AsyncRing(self.memory, self.ld.gpa, self._async_call, self._notify_pending,
+                                  self.exits.ring_cursor)
             return
         self.ring.drain()
         if not self.notify:

@@ -7,32 +7,43 @@ the way lguest's host let the CPU deliver a Guest's system calls "directly",
 and hands everything else, unchanged, to the Python handler (VCpu._on_intr),
 which owns every policy decision and every kill text.
 
-What C handles: a software interrupt (`int n`) from ring 3 whose IDT gate
+What C handles from ring 3: a software interrupt (`int n`) whose IDT gate
 the Guest loaded and whose DPL lets ring 3 use it (a system call, or int3 to
-a DPL-3 gate), and a page fault from ring 3 that the Guest's own handler
-must see (CR2 written to lguest_data.cr2, the frame with the error code).  It builds exactly the frame interrupts.push_frame builds, in the
-same order of reads and writes: kernel stack from SET_STACK, SS and ESP,
-EFLAGS with IF taken from lguest_data.irq_enabled, CS, EIP, the error code;
-the running EFLAGS lose TF, VM, RF and NT; the ring switch patches CS, SS
-and the CPL in a saved context exactly as Machine.enter_ring1 does, and
-old_exception is reset as SavedContext.clear_old_exception does.
+a DPL-3 gate), and a page fault the Guest's own handler must see (CR2
+written to lguest_data.cr2, the frame with the error code).  It builds
+exactly the frame interrupts.push_frame builds, in the same order of reads
+and writes: kernel stack from SET_STACK, SS and ESP, EFLAGS with IF taken
+from lguest_data.irq_enabled, CS, EIP, the error code; the running EFLAGS
+lose TF, VM, RF and NT; the ring switch patches CS, SS and the CPL in a
+saved context exactly as Machine.enter_ring1 does, and old_exception is
+reset as SavedContext.clear_old_exception does.
+
+What C handles from ring 1: a hypercall that needs no decision (SET_PTE,
+SET_PGD, FLUSH_ASYNC, SEND_INTERRUPTS) when every call queued in the async
+ring is a SET_PTE or SET_PGD.  It does what VCpu._hypercall does: drain the
+ring from the shared cursor (each call counted in its async slot), run the
+call, flush the TLB once if any of them asked for it.  Each call is checked
+first as Hypercalls checks it; one that would kill the Guest is Python's.
 
 What C leaves to Python (returns before it has changed anything): the
-feature switched off, no lguest_data yet, anything not from ring 3, a gate
-that is missing or refuses ring 3, a frame or page-table page that does not
-translate into Guest RAM, a page fault whose page directory slot the Guest
-changed behind our back (the mirror needs a re-copy), a Guest that is dead,
-an interrupt request from the device, an LHREQ_IRQ the vCPU has not yet
-looked at, or a pending IRQ the Guest has not blocked.  Python would have
-acted on those right after delivering the frame; here it simply does it all.
+feature switched off, no lguest_data yet, a gate that is missing or refuses
+ring 3, any other trap, a frame or page-table page that does not translate
+into Guest RAM, a page fault whose page directory slot the Guest changed
+behind our back (the mirror needs a re-copy), any other hypercall or any
+other call in the ring, a Guest that is dead, an interrupt request from the
+device, an LHREQ_IRQ the vCPU has not yet looked at, or a pending IRQ the
+Guest has not blocked.  Python would have acted on those right after the
+exit; here it simply does it all.
 
 The Guest state C reads lives in struct lg_exits and is written by Python
 whenever it changes (LOAD_IDT_ENTRY, SET_STACK, LGUEST_INIT, NEW_PGTABLE):
-Python stays the owner, C keeps a copy.  Both run on the vCPU thread only.
+Python stays the owner, C keeps a copy.  The ring cursor is the one word
+both move; it lives here and AsyncRing uses it in place.  Both run on the
+vCPU thread only.
 The C side never takes the GIL.
 
-Nothing here links libunicorn: uc_reg_read, uc_reg_write, uc_context_save
-and uc_context_restore are the loaded library's own addresses, handed over
+Nothing here links libunicorn: uc_reg_read, uc_reg_write, uc_context_save,
+uc_context_restore and uc_ctl are the loaded library's own addresses, handed over
 at run time (cpu/exits.py), like uc_emu_stop in _native_build.py.  The ABI
 numbers and Unicorn's register ids are written into the C source at build
 time from cuse_lguest/abi.py and the binding's x86_const, so each number has
@@ -71,12 +82,29 @@ _DEFINES = {
     "LG_PTE_ACCESSED": abi.PTE_ACCESSED,
     "LG_PGD_ALLOWED": abi.PGD_ALLOWED_FLAGS,
     "LG_PAGE_FAULT": 14,
+    "LG_TRAP_ENTRY": abi.LGUEST_TRAP_ENTRY,
+    "LG_HC_FLUSH_ASYNC": abi.LHCALL_FLUSH_ASYNC,
+    "LG_HC_SEND_INTERRUPTS": abi.LHCALL_SEND_INTERRUPTS,
+    "LG_HC_SET_PTE": abi.LHCALL_SET_PTE,
+    "LG_HC_SET_PGD": abi.LHCALL_SET_PGD,
+    "LG_LD_HCALL_STATUS": abi.LGUEST_DATA_HCALL_STATUS,
+    "LG_LD_HCALLS": abi.LGUEST_DATA_HCALLS,
+    "LG_RING_SIZE": abi.LHCALL_RING_SIZE,
+    "LG_HCALL_FREE": abi.HCALL_STATUS_FREE,
+    "LG_PTE_DIRTY": abi.PTE_DIRTY,
+    "LG_PTE_PSE": abi.PTE_PSE,
+    "LG_PTRS_PER_PGD": abi.PTRS_PER_PGD,
     "LG_REG_CS": X.UC_X86_REG_CS,
     "LG_REG_SS": X.UC_X86_REG_SS,
     "LG_REG_ESP": X.UC_X86_REG_ESP,
     "LG_REG_EIP": X.UC_X86_REG_EIP,
     "LG_REG_EFLAGS": X.UC_X86_REG_EFLAGS,
     "LG_REG_CR2": X.UC_X86_REG_CR2,
+    "LG_REG_EAX": X.UC_X86_REG_EAX,
+    "LG_REG_EBX": X.UC_X86_REG_EBX,
+    "LG_REG_ECX": X.UC_X86_REG_ECX,
+    "LG_REG_EDX": X.UC_X86_REG_EDX,
+    "LG_REG_ESI": X.UC_X86_REG_ESI,
 }
 
 _CDEF = """
@@ -92,6 +120,8 @@ _CDEF = """
         int (*reg_write)(void *uc, int regid, const void *value);
         int (*context_save)(void *uc, void *context);
         int (*context_restore)(void *uc, void *context);
+        int (*ctl)(void *uc, int control, ...);
+        int tlb_flush;                  /* uc_ctl's code for UC_CTL_TLB_FLUSH (Machine.flush_tlb) */
         char *ctx;                      /* a uc_context (SavedContext's own) */
         uint32_t ctx_error_code, ctx_is_int, ctx_old_exception, ctx_hflags, ctx_segs;
         uint32_t seg_size, seg_cs, seg_ss;
@@ -103,10 +133,11 @@ _CDEF = """
         uint64_t pfnlimit;
         uint32_t *host_pd;              /* the page directory mirror (switcher region) */
         uint32_t switcher_slot;         /* its first slot that is not the Guest's */
+        uint32_t switcher_base;         /* no SET_PTE may name an address from here up */
         uint64_t *gdt;                  /* the live GDT (switcher region) */
         volatile uint32_t *pending, *from_launcher, *alive, *interrupt;
         uint64_t *stat_count, *stat_ns;
-        uint32_t trap_slot_base;
+        uint32_t trap_slot_base, hcall_slot_base, async_slot_base, hcall_slots;
         /* the Guest's state, copied in by Python when it changes */
         int enabled;
         int have_ld;
@@ -114,6 +145,7 @@ _CDEF = """
         int paging;
         uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
         uint32_t kstack_ss, kstack_esp;
+        uint32_t ring_cursor;           /* the async ring's, shared with AsyncRing */
         struct lg_gate idt[%d];
         uint64_t handled;               /* exits C delivered (tests look) */
     };
@@ -132,6 +164,12 @@ _SOURCE = r"""
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
         return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+    }
+
+    static void lg_stat(struct lg_exits *x, uint32_t slot, uint64_t ns)
+    {
+        __atomic_fetch_add(&x->stat_count[slot], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&x->stat_ns[slot], ns, __ATOMIC_RELAXED);
     }
 
     static uint32_t lg_reg(struct lg_exits *x, int reg)
@@ -200,26 +238,32 @@ _SOURCE = r"""
         return !(pending & ~lg_rd32(x, x->ld + LG_LD_BLOCKED));
     }
 
-    /* PageDirectoryMirror.sync's question without its answer: does our copy
-     * of the slot for `vaddr` still say what the Guest's entry says?  0 also
-     * when the entry is one Python would kill the Guest for. */
-    static int lg_pde_current(struct lg_exits *x, uint32_t vaddr)
+    /* PageDirectoryMirror._checked on the Guest's entry `index`: 1 and the
+     * entry as our copy must hold it, or 0 where Python would kill the Guest. */
+    static int lg_guest_pde(struct lg_exits *x, uint32_t index, uint32_t *entry)
     {
-        uint32_t index = vaddr >> 22;
-        if (!x->paging || index >= x->switcher_slot)
-            return 1;
         uint64_t at = (uint64_t)x->guest_pgd + index * 4;
         if (!lg_in_ram(x, at, 4))
             return 0;
-        uint32_t entry = lg_rd32(x, at);
-        if (entry & LG_PTE_PRESENT) {
-            if ((entry & 0xFFF & ~LG_PGD_ALLOWED) || (entry >> 12) >= x->pfnlimit)
-                return 0;
-            entry |= LG_PTE_ACCESSED;
-        } else {
-            entry = 0;
+        uint32_t e = lg_rd32(x, at);
+        if (!(e & LG_PTE_PRESENT)) {
+            *entry = 0;
+            return 1;
         }
-        return x->host_pd[index] == entry;
+        if ((e & 0xFFF & ~LG_PGD_ALLOWED) || (e >> 12) >= x->pfnlimit)
+            return 0;
+        *entry = e | LG_PTE_ACCESSED;
+        return 1;
+    }
+
+    /* PageDirectoryMirror.sync's question without its answer: does our copy
+     * of the slot for `vaddr` still say what the Guest's entry says? */
+    static int lg_pde_current(struct lg_exits *x, uint32_t vaddr)
+    {
+        uint32_t index = vaddr >> 22, entry;
+        if (!x->paging || index >= x->switcher_slot)
+            return 1;
+        return lg_guest_pde(x, index, &entry) && x->host_pd[index] == entry;
     }
 
     static void lg_set_segment(struct lg_exits *x, uint32_t index, uint32_t selector, uint64_t desc)
@@ -279,12 +323,127 @@ _SOURCE = r"""
         return 1;
     }
 
+    /* ---- hypercalls (Hypercalls and AsyncRing, for the calls that need no decision) ---- */
+    struct lg_call {
+        uint32_t nr, a1, a2, a3, a4;
+    };
+
+    /* Does SET_PGD(a1 = top level, a2 = index) touch our copy (Hypercalls._set_pgd)? */
+    static int lg_pgd_applies(struct lg_exits *x, const struct lg_call *c)
+    {
+        return x->paging && x->guest_pgd == (c->a1 & LG_FRAME) && c->a2 < x->switcher_slot;
+    }
+
+    /* Would Hypercalls.execute finish this call without a decision and without
+     * a kill?  In the ring only SET_PTE and SET_PGD; synchronously also
+     * FLUSH_ASYNC and SEND_INTERRUPTS, whose exit is all they are for. */
+    static int lg_call_simple(struct lg_exits *x, const struct lg_call *c, int queued)
+    {
+        uint32_t entry;
+        switch (c->nr) {
+        case LG_HC_FLUSH_ASYNC:
+        case LG_HC_SEND_INTERRUPTS:
+            return !queued;
+        case LG_HC_SET_PTE:
+            if (c->a2 >= x->switcher_base)
+                return 0;
+            if ((c->a3 & LG_PTE_PRESENT) && (c->a3 & (LG_PTE_ACCESSED | LG_PTE_DIRTY))
+                && ((c->a3 & LG_PTE_PSE) || (c->a3 >> 12) >= x->pfnlimit))
+                return 0;
+            return 1;
+        case LG_HC_SET_PGD:
+            if (c->a2 >= LG_PTRS_PER_PGD)
+                return 0;
+            return !lg_pgd_applies(x, c) || lg_guest_pde(x, c->a2, &entry);
+        }
+        return 0;
+    }
+
+    /* Run a simple call; 1 if it needs a TLB flush. */
+    static int lg_call_run(struct lg_exits *x, const struct lg_call *c)
+    {
+        uint32_t entry;
+        if (c->nr == LG_HC_SET_PTE)
+            return c->a3 == 0;          /* the Guest's "flush this address" */
+        if (c->nr == LG_HC_SET_PGD && lg_pgd_applies(x, c) && lg_guest_pde(x, c->a2, &entry)
+            && x->host_pd[c->a2] != entry) {
+            x->host_pd[c->a2] = entry;
+            return 1;
+        }
+        return 0;
+    }
+
+    static void lg_ring_call(struct lg_exits *x, uint32_t slot, struct lg_call *c)
+    {
+        memcpy(c, x->ram + x->ld + LG_LD_HCALLS + slot * sizeof *c, sizeof *c);
+    }
+
+    /* AsyncRing.drain's walk, looking only: how many calls are queued from the
+     * cursor on, or -1 if one of them is not simple. */
+    static int lg_ring_queued(struct lg_exits *x)
+    {
+        const uint8_t *status = x->ram + x->ld + LG_LD_HCALL_STATUS;
+        uint8_t queued[LG_RING_SIZE];
+        uint32_t slot = x->ring_cursor % LG_RING_SIZE;
+        int n = 0;
+        struct lg_call c;
+        if (status[slot] == LG_HCALL_FREE)
+            return 0;
+        memcpy(queued, status, sizeof queued);    /* one copy, as drain() takes */
+        for (; n < (int)LG_RING_SIZE && queued[slot] != LG_HCALL_FREE; n++) {
+            lg_ring_call(x, slot, &c);
+            if (!lg_call_simple(x, &c, 1))
+                return -1;
+            slot = (slot + 1) % LG_RING_SIZE;
+        }
+        return n;
+    }
+
+    /* AsyncRing.drain's work for `n` simple calls; 1 if the TLB needs a flush. */
+    static int lg_ring_run(struct lg_exits *x, int n)
+    {
+        uint8_t *status = x->ram + x->ld + LG_LD_HCALL_STATUS;
+        int flush = 0;
+        struct lg_call c;
+        for (; n > 0; n--) {
+            uint32_t slot = x->ring_cursor % LG_RING_SIZE;
+            uint64_t started = lg_now();
+            lg_ring_call(x, slot, &c);
+            flush |= lg_call_run(x, &c);
+            lg_stat(x, x->async_slot_base + (c.nr < x->hcall_slots ? c.nr : x->hcall_slots - 1),
+                    lg_now() - started);
+            status[slot] = LG_HCALL_FREE;
+            x->ring_cursor = (slot + 1) % LG_RING_SIZE;
+        }
+        return flush;
+    }
+
+    /* VCpu._hypercall for a simple call whose ring holds only simple calls:
+     * its stats slot, or -1 for Python (nothing done yet). */
+    static int lg_native_hcall(struct lg_exits *x)
+    {
+        struct lg_call c = { lg_reg(x, LG_REG_EAX), lg_reg(x, LG_REG_EBX), lg_reg(x, LG_REG_ECX),
+                             lg_reg(x, LG_REG_EDX), lg_reg(x, LG_REG_ESI) };
+        if (!lg_call_simple(x, &c, 0))
+            return -1;
+        int n = lg_ring_queued(x);
+        if (n < 0)
+            return -1;
+        int flush = lg_ring_run(x, n);
+        flush |= lg_call_run(x, &c);
+        if (flush)
+            x->ctl(x->uc, x->tlb_flush);
+        return (int)(x->hcall_slot_base + c.nr);
+    }
+
     /* The exit as C can finish it: its stats slot, or -1 for Python. */
     static int lg_native_exit(struct lg_exits *x, uint32_t intno)
     {
         if (!x->enabled || !x->have_ld || intno >= LG_IDT_ENTRIES)
             return -1;
         uint32_t cs = lg_reg(x, LG_REG_CS);
+        if (intno == LG_TRAP_ENTRY && (cs & 3) == LG_GUEST_PL)
+            return lg_quiet(x) ? lg_native_hcall(x) : -1;
         if ((cs & 3) != 3 || !lg_quiet(x))
             return -1;
         const struct lg_gate *gate = &x->idt[intno];
@@ -323,8 +482,7 @@ _SOURCE = r"""
             return;
         }
         x->handled++;
-        __atomic_fetch_add(&x->stat_count[slot], 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&x->stat_ns[slot], lg_now() - started, __ATOMIC_RELAXED);
+        lg_stat(x, (uint32_t)slot, lg_now() - started);
     }
 """
 

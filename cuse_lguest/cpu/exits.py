@@ -15,7 +15,8 @@ hook).
 
 C reads a copy of the Guest's IDT, kernel stack, lguest_data address and
 page directory.  Python owns them and calls the setters below whenever one
-changes, so the copy is never stale.
+changes, so the copy is never stale.  The async ring's cursor is the one
+thing both sides move: it lives here, and AsyncRing keeps it in this cell.
 
 The switch: `CUSE_LGUEST_NATIVE_EXITS=0` in the environment, or
 `enabled = False` on a running vCPU's NativeExits, sends every exit to
@@ -28,14 +29,14 @@ import ctypes
 import os
 from typing import Callable
 
-from unicorn import UC_HOOK_INTR, Uc
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INTR, Uc
 from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, uccallback, uclib
 
 from cuse_lguest import abi
 from cuse_lguest.cpu._exits import ffi, lib
 from cuse_lguest.cpu.context import SavedContext
 from cuse_lguest.cpu.stopper import library_symbol
-from cuse_lguest.cpu.switcher import GDT_ADDR, PD_ADDR, SWITCHER_PDE_INDEX, SwitcherRegion
+from cuse_lguest.cpu.switcher import GDT_ADDR, PD_ADDR, SWITCHER_BASE, SWITCHER_PDE_INDEX, SwitcherRegion
 from cuse_lguest.memory.guest_memory import GuestMemory
 
 ENV = "CUSE_LGUEST_NATIVE_EXITS"
@@ -69,6 +70,9 @@ class NativeExits:
         x.reg_write = _entry("uc_reg_write", "int (*)(void *, int, const void *)")
         x.context_save = _entry("uc_context_save", "int (*)(void *, void *)")
         x.context_restore = _entry("uc_context_restore", "int (*)(void *, void *)")
+        x.ctl = _entry("uc_ctl", "int (*)(void *, int, ...)")
+        # What Machine.flush_tlb passes: the binding encodes (op << 30) | (nargs << 26) | control.
+        x.tlb_flush = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH
         view = ctx.native_view()
         x.ctx = ffi.cast("char *", view.address)
         x.ctx_error_code, x.ctx_is_int, x.ctx_old_exception = view.error_code, view.is_int, view.old_exception
@@ -82,6 +86,7 @@ class NativeExits:
         x.pfnlimit = memory.pfnlimit
         x.host_pd = ffi.cast("uint32_t *", region.host_address(PD_ADDR))
         x.switcher_slot = SWITCHER_PDE_INDEX
+        x.switcher_base = SWITCHER_BASE
         x.gdt = ffi.cast("uint64_t *", region.host_address(GDT_ADDR))
         hook = ctypes.c_size_t()
         err = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR,
@@ -90,11 +95,19 @@ class NativeExits:
         if err:
             raise RuntimeError(f"cannot install the interrupt hook (uc_hook_add error {err})")
 
-    def connect(self, irq_words: tuple[int, int, int, int], stat_arrays: tuple[int, int]) -> None:
-        """Where the IRQ line's (pending, from_launcher, alive, interrupt) and the stats' (count, ns) live."""
+    def connect(self, irq_words: tuple[int, int, int, int], stat_arrays: tuple[int, int],
+                stat_slots: tuple[int, int, int, int]) -> None:
+        """Where the IRQ line's (pending, from_launcher, alive, interrupt) and the stats' (count, ns) live,
+        and the profiler's (trap, hypercall, async hypercall) slot bases and its number of hypercall slots."""
         x = self._x
         x.pending, x.from_launcher, x.alive, x.interrupt = (ffi.cast("volatile uint32_t *", a) for a in irq_words)
         x.stat_count, x.stat_ns = (ffi.cast("uint64_t *", a) for a in stat_arrays)
+        x.trap_slot_base, x.hcall_slot_base, x.async_slot_base, x.hcall_slots = stat_slots
+
+    @property
+    def ring_cursor(self):
+        """The async ring's cursor, one word both AsyncRing and C use (`cell[0]`)."""
+        return ffi.addressof(self._x, "ring_cursor")
 
     @property
     def enabled(self) -> bool:

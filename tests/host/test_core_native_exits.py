@@ -1,20 +1,25 @@
 """Native exits (cpu/exits.py) against the Python path: the same Guest code, frame by frame.
 
-Each test guest runs twice, with native exits on and off.  A code hook on
+Each test guest runs twice, with native exits on and off.  For traps, a code hook on
 the Guest's trap stubs records, at the first instruction of every handler,
 what the delivery left behind: EIP, ESP, CS, SS, EFLAGS, the six words at
 the top of the new stack, and lguest_data's irq_enabled and cr2.  The two
 traces must be identical, and the native run must really have taken the C
 path (its count of natively handled exits), or the comparison proves nothing.
+For the page-table hypercalls, what the Guest read back after each call, its
+death, the async ring (cursor and status bytes), our page directory mirror
+and the profiler's hypercall counts must be identical.
 """
 from __future__ import annotations
 
+import pytest
 from unicorn import UC_HOOK_CODE
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EFLAGS, UC_X86_REG_ESP, UC_X86_REG_SS)
 
 from cuse_lguest import abi
 from cuse_lguest.core import exitstats
 from cuse_lguest.cpu import exits
+from cuse_lguest.cpu.switcher import PD_ADDR, SWITCHER_BASE
 from test_core_support import boot, symbol
 
 STUBS = 129            # native/guests/core/entry.S: one 16-byte stub per vector 0..128
@@ -84,3 +89,35 @@ def test_environment_switches_native_exits_off(native_build, monkeypatch):
         assert g.guest.vcpu.exits.handled == 0
     finally:
         g.close()
+
+
+def page_table_run(build, cmdline: str, native: bool) -> dict:
+    g = boot(build, "pagetables", cmdline)
+    v = g.guest.vcpu
+    v.exits.enabled = native
+    try:
+        death = g.run_to_end()
+        counts = v.stats.snapshot().count
+        region = v.machine.region
+        ld = v.ld.gpa
+        seen = {"death": death, "console": g.console, "cursor": v.ring.cursor,
+                "status": v.memory.read_bytes(ld + abi.LGUEST_DATA_HCALL_STATUS, abi.LHCALL_RING_SIZE),
+                "host_pd": bytes(region.view[PD_ADDR - SWITCHER_BASE:PD_ADDR - SWITCHER_BASE + abi.PAGE_SIZE]),
+                "hcall_counts": counts[exitstats.HCALL:exitstats.IRQ], "handled": v.exits.handled}
+    finally:
+        g.close()
+    return seen
+
+
+@pytest.mark.parametrize("cmdline, death", [("", "CRASH: page tables done"),
+                                            ("bad", "bad page table entry"),
+                                            ("badpgd", "bad page directory entry")])
+def test_page_table_hypercalls_end_the_same_natively(native_build, cmdline, death):
+    python, native = page_table_run(native_build, cmdline, False), page_table_run(native_build, cmdline, True)
+    assert python.pop("handled") == 0
+    # pagetables.c: two SET_PTE, a FLUSH_ASYNC, 40 rounds of FLUSH_ASYNC or SEND_INTERRUPTS, a SET_PGD.
+    assert native.pop("handled") >= 2 + 1 + 40 + 1
+    assert python["death"] == death
+    assert native == python
+    assert python["console"][1:5] == ["announced=0x0000aaaa\n", "after SET_PTE 0=0x0000bbbb\n",
+                                      "window=0x0000dddd\n", "window2=0x0000cccc\n"]
