@@ -122,6 +122,7 @@ int fuse_req_interrupted(fuse_req_t req);
 int fuse_reply_err(fuse_req_t req, int err);
 void fuse_reply_none(fuse_req_t req);
 int fuse_reply_open(fuse_req_t req, const struct fuse_file_info *fi);
+int cl_reply_open(fuse_req_t req, const struct fuse_file_info *fi);
 int fuse_reply_write(fuse_req_t req, size_t count);
 int fuse_reply_buf(fuse_req_t req, const char *buf, size_t size);
 
@@ -195,6 +196,8 @@ struct cl_in_header {
     uint16_t total_extlen, padding;
 };
 struct cl_out_header { uint32_t len; int32_t error; uint64_t unique; };
+struct cl_open_out { uint64_t fh; uint32_t open_flags; uint32_t padding; };
+enum { CL_FOPEN_DIRECT_IO = 1 << 0, CL_FOPEN_PARALLEL_DIRECT_WRITES = 1 << 6 };
 
 enum { CL_LOOKUP = 1, CL_FORGET = 2, CL_GETATTR = 3, CL_SETATTR = 4, CL_STATFS = 17,
        CL_GETXATTR = 22, CL_LISTXATTR = 23, CL_INIT = 26, CL_ACCESS = 34,
@@ -469,6 +472,11 @@ static void fl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fuse_reply_err(req, ENOENT);        /* a file has no entries */
 }
 
+/* The file's size, as large as a size can be.  FUSE lets writes to one file
+ * run side by side only when none reaches past its end (see cl_reply_open),
+ * and launchers never look at the size. */
+#define CL_FUSE_SIZE INT64_MAX
+
 static void fl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     const struct cl_link *l = fuse_req_userdata(req);
@@ -477,6 +485,7 @@ static void fl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     (void)fi;
     memset(&st, 0, sizeof st);
     st.st_ino = ino;
+    st.st_size = CL_FUSE_SIZE;
     st.st_mode = S_IFREG | (l->node_mode & 07777);
     st.st_nlink = 1;
     st.st_uid = l->node_uid;
@@ -493,6 +502,24 @@ static void fl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fi->direct_io = 1;
     fi->keep_cache = 0;
     cl_py_open(req, fi);
+}
+
+/* The answer to OPEN.  CUSE: libfuse's.  FUSE: the same (direct I/O), plus
+ * FOPEN_PARALLEL_DIRECT_WRITES, which libfuse 3.14 has no field for.  Without
+ * it the kernel holds the file's inode lock for the whole of every write, so
+ * one INITIALIZE waiting on its caller's slow memory would hold every other
+ * launcher's writes, their LHREQ_IRQs too.  Kernels before 6.2 ignore it. */
+int cl_reply_open(fuse_req_t req, const struct fuse_file_info *fi)
+{
+    const struct cl_link *l = fuse_req_userdata(req);
+    struct cl_open_out out;
+
+    if (!l->fuse)
+        return fuse_reply_open(req, fi);
+    memset(&out, 0, sizeof out);
+    out.fh = fi->fh;
+    out.open_flags = CL_FOPEN_DIRECT_IO | CL_FOPEN_PARALLEL_DIRECT_WRITES;
+    return fuse_reply_buf(req, (const char *)&out, sizeof out);
 }
 
 static void fl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

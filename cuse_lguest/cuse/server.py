@@ -4,8 +4,14 @@ Routing (each request keeps the caller's thread id as `tid`):
 
 * OPEN    -> device.open(); the handle goes back to the kernel as fi->fh and
              names the open file in every later request (RELEASE has pid 0).
-* WRITE   -> device.write() on the libfuse worker; writes are short (IRQ,
-             EVENTFD, INITIALIZE) and must complete while a read is running.
+* WRITE   -> device.write() on the libfuse worker; IRQ and EVENTFD are short
+             and must complete while a read is running.  INITIALIZE reads
+             the caller's memory, which the caller can make as slow as it
+             likes (a private mapping of a file on its own FUSE mount that
+             never answers), so it gets a thread of its own: a few such
+             callers must not hold every libfuse worker, and with them every
+             other caller's requests.  One per open file at most (a second
+             is EBUSY), so the open-file caps bound them.
              Once a file's Guest exists, the device's irq_shortcut() is
              registered with the session, and its LHREQ_IRQ writes are
              answered in C without reaching us (see _build.py); RELEASE and
@@ -31,6 +37,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
+from cuse_lguest import abi
 from cuse_lguest.cuse import signals
 from cuse_lguest.cuse.binding import TransportUnavailable
 from cuse_lguest.cuse.positions import FilePositions
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cuse_lguest.cuse")
 
 WATCH_INTERVAL = 0.05   # seconds between looks at the owners of reads in flight
+# The first four bytes of an INITIALIZE, whatever the caller's word size.
+_INITIALIZE = abi.LHREQ_INITIALIZE.to_bytes(4, "little")
 SHUTDOWN_WAIT = 5.0     # seconds shutdown waits for interrupted reads to answer
 
 
@@ -82,6 +91,7 @@ class Server:
         self._runners: dict[int, FileRunner] = {}
         self._shortcuts: dict[int, IrqShortcut] = {}   # registered in C; kept alive here
         self._reads: dict[int, InFlight] = {}
+        self._initializing: set[Request] = set()       # INITIALIZEs on threads of their own
         self._closing = False
         self._stopped = threading.Event()
         self._wake = threading.Condition(self._lock)
@@ -119,7 +129,10 @@ class Server:
                 self.session.clear_irq_shortcuts()
                 self._shortcuts.clear()
             reads = list(self._reads.values())
+            initializing, self._initializing = self._initializing, set()
         if first:
+            for req in initializing:          # its thread's answer, when it comes, is dropped
+                req.reply_err(errno.EIO)
             for read in reads:
                 self._cancel(read, "service shutdown")
             self._wait_for_reads(timeout)
@@ -182,8 +195,23 @@ class Server:
             req.reply_err(errno.EBADF)
             return
         vcpu, plain = self._vcpu(fh, offset)
-        result = self.device.write(tid, fh, vcpu, data, caller=req.caller())
+        if data[:4] != _INITIALIZE:
+            self._write(req, tid, fh, offset, data, vcpu, plain, req.caller())
+            return
+        with self._lock:
+            self._initializing.add(req)
+        threading.Thread(target=self._write, args=(req, tid, fh, offset, data, vcpu, plain, req.caller()),
+                         name=f"initialize-fh{fh}", daemon=True).start()
+
+    def _write(self, req: Request, tid: int, fh: int, offset: int, data: bytes, vcpu: int, plain: bool,
+               caller: tuple[int, int]) -> None:
+        result = self.device.write(tid, fh, vcpu, data, caller=caller)
         log.debug("write fh=%d tid=%d %d bytes at %d -> %d", fh, tid, len(data), offset, result)
+        with self._lock:
+            if req in self._initializing:
+                self._initializing.discard(req)
+            elif data[:4] == _INITIALIZE:
+                return                        # shutdown answered it
         if result < 0:
             req.reply_err(-result)
         else:

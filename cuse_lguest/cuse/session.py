@@ -86,7 +86,7 @@ class Request:
         if not self._claim():
             return False
         fi.fh = fh
-        lib.fuse_reply_open(self._req, fi)
+        lib.cl_reply_open(self._req, fi)
         return True
 
     def watch_interrupts(self, link) -> None:
