@@ -19,6 +19,7 @@ object per scenario appended to --results.  status is "ran", "blocked"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import grp
@@ -103,17 +104,19 @@ class Server:
         self.log = log
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.options: list[str] = []      # extra `serve` options of the running service
+        self.warmed = 0                   # the start that has had a Guest (see _watched)
 
     def start(self) -> None:
         if importlib.util.find_spec("cuse_lguest.serve") is None:
             raise Blocked("cuse_lguest.serve does not exist yet (`cuse-lguest serve`)")
         self.starts += 1
         with self.log.open("a") as out:
-            out.write(f"===== driver: start #{self.starts} of cuse-lguest serve\n")
+            out.write(f"===== driver: start #{self.starts} of cuse-lguest serve {' '.join(self.options)}\n")
             out.flush()
             where = ["--node", str(NODE)] if TRANSPORT == "fuse" else []
             self.proc = subprocess.Popen([sys.executable, "-m", "cuse_lguest.cli", "serve",
-                                          "--transport", TRANSPORT, *where],
+                                          "--transport", TRANSPORT, *where, *self.options],
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + NODE_TIMEOUT
@@ -128,14 +131,34 @@ class Server:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def ensure(self) -> None:
+    def ensure(self, options: Sequence[str] = ()) -> None:
+        """A running service with these extra options (restarted if it has others)."""
+        if self.alive() and self.options != list(options):
+            self.stop()
+            while _node_state() == "served":       # CUSE: the node goes with the service
+                time.sleep(0.05)
+        self.options = list(options)
         if not self.alive():
             self.start()
 
     def counts(self) -> dict[str, int]:
+        """What a finished scenario must have given back: the service's threads and fds, and its
+        processes (the zygote, and a worker per live Guest)."""
         assert self.proc is not None
         p = psutil.Process(self.proc.pid)
-        return {"threads": p.num_threads(), "fds": p.num_fds()}
+        return {"threads": p.num_threads(), "fds": p.num_fds(), "processes": len(p.children(recursive=True))}
+
+    def memory_kb(self) -> int:
+        """Resident memory of the service and everything under it, in KiB."""
+        assert self.proc is not None
+        p = psutil.Process(self.proc.pid)
+        total = 0
+        for q in [p, *p.children(recursive=True)]:
+            try:
+                total += q.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total >> 10
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -163,12 +186,13 @@ class Launch:
     """One launcher process: output collected by a thread, stdin kept open."""
 
     def __init__(self, bits: str, guest_args: Sequence[str], options: Sequence[str] = (),
-                 stdin: bytes | None = None) -> None:
+                 stdin: bytes | None = None, user: Sequence[str] = ()) -> None:
+        """`user`: a command prefix that runs the launcher as someone else (setpriv ...)."""
         launcher = LAUNCHERS[bits]
         for path in (launcher, GUEST):
             if not path.exists():
                 raise Blocked(f"{path.relative_to(ROOT)} is not built")
-        self.start([str(launcher), *options, MEM_MB, str(GUEST), *guest_args])
+        self.start([*user, str(launcher), *options, MEM_MB, str(GUEST), *guest_args])
         if stdin:
             assert self.proc.stdin is not None
             self.proc.stdin.write(stdin)
@@ -547,12 +571,16 @@ HOSTILE = HERE / "hostile_client.py"
 DEVICE_GROUP = "kvm"
 
 
-def _hostile(what: str, *args: str) -> dict:
-    """Run hostile_client.py as nobody in the device group, with the node opened to that group.
+SECOND_USER = 4242          # another member of the device group, for the caps shared by everyone
+
+
+@contextlib.contextmanager
+def _node_open_to_group():
+    """The node opened to the device group, as the shipped udev rule does; yields the group.
 
     Through CUSE the node is root's until udev changes it, so the scenario
-    does what the shipped rule would, for its own duration; a FUSE node
-    already has the rule's mode and group.
+    does what the rule would, for its own duration; a FUSE node already has
+    the rule's mode and group.
     """
     st = NODE.stat()
     gid = grp.getgrnam(DEVICE_GROUP).gr_gid if TRANSPORT == "cuse" else st.st_gid
@@ -560,8 +588,32 @@ def _hostile(what: str, *args: str) -> dict:
         os.chown(NODE, 0, gid)
         os.chmod(NODE, 0o660)
     try:
-        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-        proc = subprocess.Popen([*_as_nobody([gid]), python, str(HOSTILE), what, *args],
+        yield gid
+    finally:
+        if TRANSPORT == "cuse" and NODE.exists():
+            os.chown(NODE, st.st_uid, st.st_gid)
+            os.chmod(NODE, st.st_mode & 0o7777)
+
+
+def _hostile_argv(gid: int, what: str, *args: str, uid: int = NOBODY) -> list[str]:
+    """hostile_client.py `what` as `uid` in the device group `gid`."""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", f"--groups={gid}"]
+    return [*as_user, python, str(HOSTILE), what, *args]
+
+
+def _report(what: str, text: str, returncode: int | None, hung: bool, err: str = "") -> dict:
+    """hostile_client's last line (its JSON report), or why there is none."""
+    text = text.strip()
+    if not text or (returncode not in (0, None) and not hung):
+        raise RuntimeError(f"hostile_client {what} failed ({returncode}):\n{text}\n{err}")
+    return {**json.loads(text.splitlines()[-1]), "exit_hung": hung}
+
+
+def _hostile(what: str, *args: str, uid: int = NOBODY) -> dict:
+    """Run hostile_client.py as `uid` (nobody) in the device group, with the node opened to that group."""
+    with _node_open_to_group() as gid:
+        proc = subprocess.Popen(_hostile_argv(gid, what, *args, uid=uid),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         hung = False
         try:
@@ -571,22 +623,43 @@ def _hostile(what: str, *args: str) -> dict:
             # release the service never answers.  Keep the report; leave the process.
             proc.kill()
             out, err, hung = e.output or b"", e.stderr or b"", True
-    finally:
-        if TRANSPORT == "cuse":
-            os.chown(NODE, st.st_uid, st.st_gid)
-            os.chmod(NODE, st.st_mode & 0o7777)
-    text = out.decode(errors="replace").strip()
-    if not text or (proc.returncode not in (0, None) and not hung):
-        raise RuntimeError(f"hostile_client {what} failed ({proc.returncode}):\n{text}\n"
-                           f"{err.decode(errors='replace')}")
-    return {**json.loads(text.splitlines()[-1]), "exit_hung": hung}
+    return _report(what, out.decode(errors="replace"), proc.returncode, hung, err.decode(errors="replace"))
+
+
+class HostileLaunch(Launch):
+    """hostile_client.py running beside the driver (output collected, stdin open), for the
+    scenarios that act while it holds something.  The node must be open to `gid` meanwhile."""
+
+    def __init__(self, gid: int, what: str, uid: int = NOBODY) -> None:
+        self.what = what
+        self.start(_hostile_argv(gid, what, uid=uid))
+
+    def report(self, timeout: float = LAUNCH_TIMEOUT) -> dict:
+        facts = self.finish(timeout)
+        return _report(self.what, facts["output"], facts["returncode"], facts["timed_out"])
+
+
+def _watched(server: Server, body: Callable[[], dict], options: Sequence[str] = ()) -> dict:
+    """body()'s facts, and whether the service (started with `options`) lived through it and gave
+    back what it took: threads, fds and processes to where they were, memory as [before, after]."""
+    server.ensure(options)
+    if server.warmed != server.starts:
+        # The service's first Guest imports and caches what every later one uses (some MiB):
+        # that is not a leak, so the baseline is taken after one.
+        _hostile("quick")
+        server.warmed = server.starts
+    baseline = _quiet_counts(server)
+    memory = server.memory_kb()
+    facts = body()
+    facts["service_alive"] = server.alive()
+    facts.update(_settle(server, baseline))
+    facts["memory_kb"] = [memory, server.memory_kb()]
+    return facts
 
 
 def hostile(what: str) -> Callable[[Server], dict]:
-    """One hostile scenario; the facts add whether the service is still there and left as it was."""
-    def scenario(server: Server) -> dict:
-        server.ensure()
-        baseline = _quiet_counts(server)
+    """One hostile scenario, watched (_watched)."""
+    def body() -> dict:
         args: list[str] = []
         victim = pathlib.Path("/tmp/hostile-victim")
         if what == "readonly-file":
@@ -596,10 +669,99 @@ def hostile(what: str) -> Callable[[Server], dict]:
         facts = {"client": _hostile(what, *args)}
         if what == "readonly-file":
             facts["victim_unchanged"] = victim.read_bytes() == b"V" * 4096
-        facts["service_alive"] = server.alive()
-        facts.update(_settle(server, baseline))
         return facts
-    return scenario
+    return lambda server: _watched(server, body)
+
+
+# Small caps, so that two users reach the service's own: the first takes 5 files and 3 guests,
+# which leaves the second 2 files and 1 guest; the budget holds one mirror copy of a 1 MiB guest.
+CAPS = {"files_per_user": 5, "files": 7, "guests_per_user": 3, "guests": 4, "mirror_mib": 2}
+CAPS_OPTIONS = ["--max-files-per-user", "5", "--max-files", "7", "--max-guests-per-user", "3",
+                "--max-guests", "4", "--mirror-budget", "2"]
+
+
+def hostile_caps(server: Server) -> dict:
+    """Finding 5, the caps shared by everyone: a user holding its share, another user asking for
+    more than is left; then the mirror-copy budget."""
+    def body() -> dict:
+        facts: dict = {"caps": CAPS}
+        with _node_open_to_group() as gid:
+            first = HostileLaunch(gid, "caps-hold")
+            first.wait_output(r"(?m)^\{.*\}$", LAUNCH_TIMEOUT)
+            held = [line for line in first.output.splitlines() if line.startswith("{")]
+            if not held:
+                raise RuntimeError(f"hostile_client caps-hold did not report:\n{first.report()}")
+            facts["first"] = json.loads(held[0])
+            facts["second"] = _hostile("caps-second", uid=SECOND_USER)
+            first.proc.stdin.write(b"go\n")
+            first.proc.stdin.flush()
+            facts["first_exit"] = first.report()
+        facts["mirror"] = _hostile("mirror-budget", uid=SECOND_USER + 1)
+        return facts
+    return _watched(server, body, CAPS_OPTIONS)
+
+
+def _mounts_of(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def hostile_slow_memory(server: Server) -> dict:
+    """Finding 5: a launcher whose guest RAM never answers a read holds its own INITIALIZE only.
+
+    While it waits, another user INITIALIZEs and sends IRQs; then the driver
+    kills the launcher's filesystem, which must end the slow INITIALIZE too.
+    """
+    def body() -> dict:
+        facts: dict = {}
+        fuse = pathlib.Path("/dev/fuse")
+        if TRANSPORT == "cuse" and fuse.stat().st_mode & 0o006 != 0o006:
+            fuse.chmod(0o666)           # the VM has no udev: what every distribution's rules give it
+        with _node_open_to_group() as gid:
+            slow = HostileLaunch(gid, "slow-memory")
+            facts["pull_blocked"] = slow.wait_output(r"read-blocked", LAUNCH_TIMEOUT)
+            found = re.search(r"^server (\d+) (\S+)$", slow.output, re.M)
+            facts["quick"] = _hostile("quick", uid=SECOND_USER)
+            facts["slow_still_waiting"] = slow.proc.poll() is None and '"initialize"' not in slow.output
+            if found:
+                os.kill(int(found.group(1)), signal.SIGKILL)
+            facts["slow"] = slow.report()
+            if found and _mounts_of(found.group(2)):
+                subprocess.run(["umount", "-l", found.group(2)], check=False)
+        return facts
+    return _watched(server, body)
+
+
+REARMS = {"fuse": 300000, "cuse": 100000}     # re-arms in a row; each stale entry kept is ~130 bytes
+
+
+def _rss_kb(pid: int | None) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss >> 10 if pid else None
+    except psutil.NoSuchProcess:
+        return None
+
+
+def hostile_timer(server: Server) -> dict:
+    """Finding 5, the timer: one Guest re-arms its clock event in a loop while another Guest's
+    timer keeps ticking; the first Guest's worker must not grow with the re-arms."""
+    def body() -> dict:
+        facts: dict = {"rearms": REARMS[TRANSPORT]}
+        with _node_open_to_group() as gid:
+            member = _as_nobody([gid])
+            mark = server.log_size()
+            hammer = Launch("64", ["test=rearm", f"n={REARMS[TRANSPORT]}"], user=member)
+            worker = _worker_of(server, hammer.proc.pid, mark)
+            facts["worker"] = worker
+            facts["ready"] = hammer.wait_output(r"rearm ready", 60)
+            facts["rss_ready_kb"] = _rss_kb(worker)
+            bystander = Launch("64", ["test=halt", "hz=100", "irqs=300"], user=member)
+            facts["done"] = hammer.wait_output(r"rearm done", LAUNCH_TIMEOUT)
+            facts["rss_done_kb"] = _rss_kb(worker)
+            facts["hammer"] = hammer.finish()
+            facts["bystander"] = bystander.finish()
+        return facts
+    return _watched(server, body)
 
 
 HOSTILE_SCENARIOS = ("readonly-file", "exec", "limits", "full-eventfd", "switcher", "devpage")
@@ -629,6 +791,8 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     else:                       # through CUSE every request arrives at offset 0
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
+    out += [("hostile-caps", hostile_caps), ("hostile-slow-memory", hostile_slow_memory),
+            ("hostile-timer", hostile_timer)]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     sys.modules["driver"] = sys.modules[__name__]      # linux_guests imports us by name: one copy of the globals
     import linux_guests

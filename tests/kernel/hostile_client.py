@@ -21,6 +21,19 @@ service answered; the driver (root) looks at files and the service itself.
   switcher             pfnlimit reaching the switcher region (finding 6)
   devpage              shared RAM; the guest writes garbage over its device page,
                        then the launcher sends LHREQ_IRQ (finding 6)
+  caps-hold            open files, then live guests, until refused; report, hold
+                       them until stdin says so (finding 5, the global caps)
+  caps-second          the same from another user while the first holds its share:
+                       the service's caps answer (finding 5)
+  mirror-budget        private (mirror-mode) guests until the budget for their
+                       copies refuses one; a shared one still fits; closing one
+                       gives its copy back (finding 5)
+  slow-memory          guest RAM is a private mapping of a file on this user's own
+                       FUSE mount, whose reads are never answered, for 16 guests;
+                       their INITIALIZEs wait until the driver kills that
+                       filesystem (finding 5)
+  quick                INITIALIZE a guest and send it LHREQ_IRQs, each bounded by
+                       WAIT_S: another user's, beside slow-memory (finding 5)
 """
 from __future__ import annotations
 
@@ -32,14 +45,18 @@ import os
 import pathlib
 import signal
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from cuse_lguest import abi  # noqa: E402
 from lguest_client import _attempt as attempt, _words as words  # noqa: E402  (this directory)
 from cuse_lguest.testing.standin import PYTHON, libc, map_at  # noqa: E402
+import blocking_fuse  # noqa: E402  (this directory)
 
 NODE = os.environ.get("LGUEST_DEVICE", "/dev/lguest")
 PAGE = abi.PAGE_SIZE
@@ -50,6 +67,7 @@ NOTIFY_VALUE = 0x7000
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
 MAP_FIXED_NOREPLACE = 0x100000               # never over whatever the new program already has there
 WAIT_S = 30.0
+RETRY_S = 10.0          # how long a close may take to reach the service (FUSE releases asynchronously)
 
 
 # ---- the guest ---------------------------------------------------------------------------
@@ -190,13 +208,7 @@ def exec_reborn(fd: int, base: int, initialized: str) -> dict:
 def limits() -> dict:
     """Finding 5: what one user can make the service hold."""
     out: dict = {}
-    files: list[int] = []
-    try:
-        while len(files) < 300:
-            files.append(os.open(NODE, os.O_RDWR))
-    except OSError as e:
-        out["open_error"] = errno.errorcode.get(e.errno, str(e.errno))
-    out["opens"] = len(files)
+    files = open_until_refused(out, 300)
     for fd in files[1:]:
         os.close(fd)
     fd = files[0]
@@ -209,27 +221,14 @@ def limits() -> dict:
             os.write(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE + registered, efd))
             registered += 1
     except OSError as e:
-        out["eventfd_error"] = errno.errorcode.get(e.errno, str(e.errno))
+        out["eventfd_error"] = errname(e)
     out["eventfds"] = registered
     os.close(efd)
     os.close(fd)
-    guests: list[int] = []
-    rams = []
-    try:
-        while len(guests) < 40:
-            g = os.open(NODE, os.O_RDWR)
-            guests.append(g)
-            rams.append(shared_ram(MEM // PAGE + 1))
-            result = initialize(g, rams[-1][1], MEM // PAGE + 1)
-            if result != "OK":
-                out["guest_error"] = result
-                guests.pop()
-                os.close(g)
-                break
-    finally:
-        out["guests"] = len(guests)
-        for g in guests:
-            os.close(g)
+    guests = open_until_refused({}, 20)          # more than the guests a user may have
+    guests_until_refused(out, guests)
+    for g in guests:
+        os.close(g)
     return out
 
 
@@ -292,6 +291,158 @@ def devpage() -> dict:
     return out
 
 
+# ---- the caps, as two users -------------------------------------------------------------------
+
+def errname(e: OSError) -> str:
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def open_until_refused(out: dict, most: int = 40) -> list[int]:
+    """Open the node until the service refuses (or `most`); out gets `opens` and `open_error`."""
+    files: list[int] = []
+    try:
+        while len(files) < most:
+            files.append(os.open(NODE, os.O_RDWR))
+    except OSError as e:
+        out["open_error"] = errname(e)
+    out["opens"] = len(files)
+    return files
+
+
+def guests_until_refused(out: dict, files: list[int]) -> None:
+    """INITIALIZE a small shared-RAM guest on each file until one is refused; out gets `guests`
+    and `guest_error`.  The guests never run: being alive is enough to be counted."""
+    out["guests"] = 0
+    for fd in files:
+        _, base = shared_ram(MEM // PAGE + 1)
+        result = initialize(fd, base, MEM // PAGE + 1)
+        if result != "OK":
+            out["guest_error"] = result
+            return
+        out["guests"] += 1
+
+
+def caps_hold() -> dict:
+    """The first user takes all it may, reports, and holds it until the driver has looked."""
+    out: dict = {"uid": os.getuid()}
+    files = open_until_refused(out)
+    guests_until_refused(out, files)
+    print(json.dumps(out), flush=True)
+    sys.stdin.readline()
+    for fd in files:
+        os.close(fd)
+    return {"released": len(files)}
+
+
+def caps_second() -> dict:
+    """A second user, while the first holds its share: what is left of the service's."""
+    out: dict = {}
+    files = open_until_refused(out)
+    guests_until_refused(out, files)
+    for fd in files:
+        os.close(fd)
+    return out
+
+
+def until_ok(attempt_once, within: float = RETRY_S) -> str:
+    """Try until "OK" or `within` seconds: what a refused attempt said last."""
+    deadline = time.monotonic() + within
+    while True:
+        result = attempt_once()
+        if result == "OK" or time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+
+
+def private_ram() -> int:
+    """Private anonymous RAM (mirror mode: the service keeps a copy); its base."""
+    return map_at(libc(), None, PAGES * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def mirror_budget() -> dict:
+    """Two mirror copies against a budget for one and a half."""
+    out: dict = {}
+    first, second = os.open(NODE, os.O_RDWR), os.open(NODE, os.O_RDWR)
+    out["first_private"] = initialize(first, private_ram())
+    out["second_private"] = initialize(second, private_ram())
+    out["second_shared"] = initialize(second, shared_ram()[1])     # no copy, so no budget
+    os.close(first)
+    third = os.open(NODE, os.O_RDWR)
+    out["third_private_after_close"] = until_ok(lambda: initialize(third, private_ram()))
+    for fd in (second, third):
+        os.close(fd)
+    return out
+
+
+# ---- slow memory ------------------------------------------------------------------------------
+
+def slow_memory(count: int = 16) -> dict:
+    """Guest RAM on our own FUSE file, which never answers a read, for `count` guests at once (as
+    many as a user may have, and as many as the service once had threads for all requests).
+
+    The filesystem runs in a child process: the launcher's address space is
+    what the service's pulls wait on, and this process only waits in its
+    INITIALIZEs.  Prints `server PID PATH` first and, from the child,
+    `read-blocked` when the first read of the RAM arrived.
+    """
+    where = tempfile.mkdtemp(prefix="hostile-fuse-")
+    path = os.path.join(where, "ram")
+    open(path, "w").close()
+    size = PAGES * PAGE
+    conn = blocking_fuse.mount(path)
+    server = os.fork()
+    if server == 0:
+        try:
+            blocking_fuse.serve(conn, size, on_read=lambda: os.write(1, b"read-blocked\n"))
+        finally:
+            os._exit(0)
+    os.close(conn)
+    print(f"server {server} {path}", flush=True)
+    ram = os.open(path, os.O_RDONLY)
+    os.fstat(ram)                       # the size, from GETATTR: without it every page is past the end
+    results: list[str] = [""] * count
+
+    def one(i: int) -> None:
+        base = map_at(libc(), None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, ram)
+        fd = os.open(NODE, os.O_RDWR)
+        results[i] = initialize(fd, base)       # until the filesystem is gone
+        os.close(fd)
+    waiting = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in waiting:
+        t.start()
+    for t in waiting:
+        t.join()
+    os.waitpid(server, 0)
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    return {"initialize": results}
+
+
+def quick() -> dict:
+    """INITIALIZE and three LHREQ_IRQs; whatever does not come back within WAIT_S is BLOCKED."""
+    buf, base = shared_ram()
+    load(buf, LGUEST_INIT + SPIN)
+    fd = os.open(NODE, os.O_RDWR)
+    out: dict = {"initialize": "BLOCKED"}
+
+    def go() -> None:
+        out["initialize"] = initialize(fd, base)
+        if out["initialize"] == "OK":
+            out["irq"] = "BLOCKED"
+            out["irq"] = [attempt(lambda: os.write(fd, words(abi.LHREQ_IRQ, 1))) for _ in range(3)]
+    runner = threading.Thread(target=go, daemon=True)
+    runner.start()
+    runner.join(WAIT_S)
+    if not runner.is_alive():
+        os.close(fd)
+    return out
+
+
+COMMANDS = {"limits": limits, "full-eventfd": full_eventfd, "switcher": switcher, "devpage": devpage,
+            "caps-hold": caps_hold, "caps-second": caps_second, "mirror-budget": mirror_budget,
+            "slow-memory": slow_memory, "quick": quick}
+
+
 def main() -> int:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "readonly-file":
@@ -300,11 +451,10 @@ def main() -> int:
         out = exec_reuse()
     elif what == "exec-reborn":
         out = exec_reborn(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
-    elif what in ("limits", "full-eventfd", "switcher", "devpage"):
-        out = {"limits": limits, "full-eventfd": full_eventfd, "switcher": switcher, "devpage": devpage}[what]()
+    elif what in COMMANDS:
+        out = COMMANDS[what]()
     else:
-        print(f"usage: {sys.argv[0]} readonly-file PATH | exec | limits | full-eventfd | switcher | devpage",
-              file=sys.stderr)
+        print(f"usage: {sys.argv[0]} readonly-file PATH | exec | {' | '.join(COMMANDS)}", file=sys.stderr)
         return 2
     out["uid"], out["groups"] = os.getuid(), os.getgroups()
     print(json.dumps(out), flush=True)

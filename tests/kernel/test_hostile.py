@@ -1,10 +1,11 @@
 """A hostile member of the device group, on the genuine /dev/lguest (issue 13, findings 1, 2, 5, 6).
 
 Each scenario runs tests/kernel/hostile_client.py as `nobody` in group kvm
-(the group the shipped udev rule opens the node to) and records what the
-service answered, whether it is still running, and whether its threads and
-fds came back to where they were.  Every test here failed on the code before
-issue 13 (see docs/security.md for how that was checked).
+(the group the shipped udev rule opens the node to; a second user where the
+caps of the whole service are the point) and records what the service
+answered, whether it is still running, and whether its threads, fds,
+processes and memory came back to where they were.  Every test here failed
+on the code before issue 13 (see docs/security.md for how that was checked).
 """
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ from cuse_lguest.limits import Limits
 pytestmark = pytest.mark.vm
 
 
-def clean(facts: dict) -> bool:
-    """The service is still there, with the threads and fds it had before the scenario, and the
-    hostile program could exit (its last close was answered)."""
-    return facts["service_alive"] and facts["after"] == facts["baseline"] and not facts["client"]["exit_hung"]
+LEAK_KB = 16 << 10      # resident memory a scenario may leave behind (allocator slack, not a Guest's RAM)
+
+
+def clean(facts: dict, *clients: dict) -> bool:
+    """The service is still there, with the threads, fds and processes it had before the scenario
+    and about the memory, and the hostile programs could exit (their last close was answered)."""
+    before, after = facts["memory_kb"]
+    return (facts["service_alive"] and facts["after"] == facts["baseline"] and after - before < LEAK_KB
+            and not any(c["exit_hung"] for c in clients or (facts["client"],)))
 
 
 @pytest.mark.kernel_scenario("hostile-readonly-file")
@@ -78,3 +84,48 @@ def test_a_malformed_device_page_kills_only_its_guest(scenario):
     assert c["read"] == "ENOENT" and c["reason"].startswith("malformed device page"), scenario.explain()
     assert set(c.get("irq_errors", [])) <= {"ENOENT"}, scenario.explain()
     assert clean(f), scenario.explain()
+
+
+@pytest.mark.kernel_scenario("hostile-caps")
+def test_the_caps_of_the_whole_service_answer_their_errnos(scenario):
+    """Finding 5: the caps shared by all users (ENFILE for files, ENOMEM for guests) and the budget
+    for mirror copies (ENOMEM at INITIALIZE), against a service started with small ones."""
+    f, caps = scenario.facts, scenario.facts["caps"]
+    first, second, mirror = f["first"], f["second"], f["mirror"]
+    assert (first["opens"], first.get("open_error")) == (caps["files_per_user"], "EMFILE"), scenario.explain()
+    assert (first["guests"], first.get("guest_error")) == (caps["guests_per_user"], "ENOMEM"), scenario.explain()
+    left_files, left_guests = caps["files"] - caps["files_per_user"], caps["guests"] - caps["guests_per_user"]
+    assert (second["opens"], second.get("open_error")) == (left_files, "ENFILE"), scenario.explain()
+    assert (second["guests"], second.get("guest_error")) == (left_guests, "ENOMEM"), scenario.explain()
+    assert mirror == {**mirror, "first_private": "OK", "second_private": "ENOMEM", "second_shared": "OK",
+                      "third_private_after_close": "OK"}, scenario.explain()
+    assert clean(f, f["first_exit"], second, mirror), scenario.explain()
+
+
+@pytest.mark.kernel_scenario("hostile-slow-memory")
+def test_slow_memory_holds_only_its_own_initialize(scenario):
+    """Finding 5: guest RAM on the user's own FUSE file that never answers a read, under as many
+    guests as the user may have.  Another user's INITIALIZE and LHREQ_IRQs are answered meanwhile;
+    killing the filesystem ends the slow ones."""
+    f = scenario.facts
+    assert f["pull_blocked"] and f["slow_still_waiting"], scenario.explain()
+    assert f["quick"]["initialize"] == "OK" and f["quick"]["irq"] == ["OK"] * 3, scenario.explain()
+    slow = f["slow"]["initialize"]
+    assert len(slow) == 16 and not {"OK", ""} & set(slow), scenario.explain()
+    assert clean(f, f["quick"], f["slow"]), scenario.explain()
+
+
+REARM_GROWTH_KB = 8 << 10    # a heap keeping every re-arm grows by ~13 MiB per 100000 of them
+
+
+@pytest.mark.kernel_scenario("hostile-timer")
+def test_a_guest_hammering_its_timer_holds_one_deadline_and_stops_no_other(scenario):
+    """Finding 5, the timer: a Guest re-arms its clock event in a loop.  Its worker holds one live
+    deadline, not one per re-arm; the last one fires; another Guest's timer ticks on meanwhile."""
+    f = scenario.facts
+    assert f["ready"] and f["done"] and f["worker"], scenario.explain()
+    assert f"tinyguest: rearm PASS n={f['rearms']}" in f["hammer"]["output"], scenario.explain(f["hammer"])
+    assert f["rss_done_kb"] - f["rss_ready_kb"] < REARM_GROWTH_KB, scenario.explain()
+    assert "tinyguest: halt PASS" in f["bystander"]["output"], scenario.explain(f["bystander"])
+    before, after = f["memory_kb"]
+    assert f["service_alive"] and f["after"] == f["baseline"] and after - before < LEAK_KB, scenario.explain()

@@ -18,7 +18,7 @@ static const struct scenario scenarios[] = {
 	{ "usermode", scen_usermode }, { "timer", scen_timer },
 	{ "spin", scen_spin },       { "halt", scen_halt },
 	{ "crash", scen_crash },     { "storm", scen_storm },
-	{ "badpte", scen_badpte },
+	{ "badpte", scen_badpte },  { "rearm", scen_rearm },
 };
 
 /* RAM is the launcher's single e820 entry; the device page sits right

@@ -149,3 +149,40 @@ void scen_halt(void)
 	hcall(LHCALL_SET_CLOCKEVENT, 0, 0, 0, 0);
 	kprintf("tinyguest: halt PASS irqs=%u\n", seen);
 }
+
+/* Wait, interrupts on, until the timer has ticked once, `ns` from now. */
+static void one_tick(uint32_t ns)
+{
+	ticks = 0;
+	hcall(LHCALL_SET_CLOCKEVENT, ns, 0, 0, 0);
+	uint32_t flags = irq_save();
+	while (!ticks)
+		halt();
+	irq_restore(flags);
+}
+
+/*
+ * A Guest hammering its clock: `n=` (default 300000) re-arms in a row, each
+ * replacing the one before, 4 s out.  Only the last deadline is live, so a
+ * host must hold one timer for us, not n; the host watches its own memory
+ * between "ready" and "done" (a second's pause after each).  The last one
+ * must still fire.
+ */
+void scen_rearm(void)
+{
+	uint32_t n = arg_uint("n", 300000);
+	set_irq_handler(0, tick);
+	lguest_data.blocked_interrupts &= ~1u;
+	kputs("tinyguest: rearm ready\n");
+	one_tick(1000000000u);
+	for (uint32_t i = 0; i < n; i++)
+		hcall(LHCALL_SET_CLOCKEVENT, 4000000000u, 0, 0, 0);
+	ticks = 0;
+	kprintf("tinyguest: rearm done n=%u\n", n);
+	uint32_t flags = irq_save();
+	while (!ticks)
+		halt();
+	irq_restore(flags);
+	lguest_data.blocked_interrupts |= 1u;
+	kprintf("tinyguest: rearm PASS n=%u\n", n);
+}

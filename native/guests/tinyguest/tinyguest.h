@@ -130,6 +130,7 @@ void scen_usermode(void);
 void scen_timer(void);
 void scen_spin(void);
 void scen_halt(void);
+void scen_rearm(void);
 void scen_crash(void);
 void scen_storm(void);
 void scen_badpte(void);
