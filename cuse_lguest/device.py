@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from cuse_lguest import abi, procs
+from cuse_lguest import abi, procs, userns
 from cuse_lguest.core.contract import GuestFactory, GuestParams, GuestSetupError, MemorySource, RunExit
 from cuse_lguest.core.exitstats import StatsDirectory
 from cuse_lguest.eventfds import EventfdTable
@@ -114,12 +114,16 @@ class Device:
         # INITIALIZEs of different files never wait for each other.
 
     # ------------------------------------------------------------------ open/release
-    def open(self, uid: int = 0) -> int:
+    def open(self, uid: int = 0, pid: int | None = None) -> int:
         """A new open file with no Guest (the 4.x lesson: never inherit state), or -errno.
 
-        `uid` is the opener, charged one open file: EMFILE past its share,
-        ENFILE past the service's (limits.py).
+        `uid` is the opener (task `pid`, when known), charged one open file:
+        EMFILE past its share, ENFILE past the service's (limits.py).  An
+        opener inside a user namespace is charged to that namespace's owner
+        (userns.py).
         """
+        if pid:
+            uid = userns.payer(pid, uid)
         refused = self.accounts.files.take(uid)
         if refused:
             log.warning("open by uid %d refused: %s", uid, errno.errorcode[refused])
@@ -305,7 +309,7 @@ class Device:
             # The Guest is 32-bit: its first eip cannot be wider (the seed's was a 32-bit long).
             log.warning("INITIALIZE from %s refused: start %#x is beyond 32 bits", name, start)
             return -errno.EINVAL
-        uid = caller[0] if caller is not None else 0
+        uid = userns.payer(pid, caller[0]) if caller is not None else 0
         refused = self.accounts.guests.take(uid)
         if refused:
             log.warning("INITIALIZE from %s refused: uid %d has %d live guests of %d, the service %d of %d",

@@ -174,7 +174,7 @@ class Server:
         if closing:
             req.reply_err(errno.ENODEV)
             return
-        fh = self.device.open(req.caller()[0])
+        fh = self.device.open(req.caller()[0], pid=req.tid())
         if fh < 0:
             req.reply_err(-fh)
             return

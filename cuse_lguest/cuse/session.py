@@ -62,6 +62,10 @@ class Request:
         ctx = lib.fuse_req_ctx(self._req)
         return ctx.uid, ctx.gid
 
+    def tid(self) -> int:
+        """The id of the thread that made the request (0 for RELEASE, and outside our PID namespace)."""
+        return lib.fuse_req_ctx(self._req).pid
+
     def reply_err(self, err: int) -> bool:
         """Answer with errno `err` (positive; 0 means success with no data)."""
         if not self._claim():

@@ -732,6 +732,29 @@ def hostile_slow_memory(server: Server) -> dict:
     return _watched(server, body)
 
 
+SUBORDINATE_IDS = 100000       # where the driver maps a namespace's ids, as newuidmap maps /etc/subuid's
+
+
+def hostile_userns(server: Server) -> dict:
+    """Finding 5 through a user namespace: a user who has taken its share of open files opens again
+    as one of its subordinate uids (ids mapped by the driver, as newuidmap would)."""
+    def body() -> dict:
+        facts: dict = {}
+        with _node_open_to_group() as gid:
+            client = HostileLaunch(gid, "userns")
+            facts["unshared"] = client.wait_output(r"unshared \d+", LAUNCH_TIMEOUT)
+            found = re.search(r"unshared (\d+)", client.output)
+            if found:
+                for name, line in (("uid_map", f"0 {SUBORDINATE_IDS} 65536\n"), ("setgroups", "deny\n"),
+                                   ("gid_map", f"0 {SUBORDINATE_IDS} 65536\n")):
+                    pathlib.Path(f"/proc/{found.group(1)}/{name}").write_text(line)
+            client.proc.stdin.write(b"mapped\n")
+            client.proc.stdin.flush()
+            facts["client"] = client.report()
+        return facts
+    return _watched(server, body)
+
+
 REARMS = {"fuse": 300000, "cuse": 100000}     # re-arms in a row; each stale entry kept is ~130 bytes
 
 
@@ -792,7 +815,7 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
     out += [("hostile-caps", hostile_caps), ("hostile-slow-memory", hostile_slow_memory),
-            ("hostile-timer", hostile_timer)]
+            ("hostile-timer", hostile_timer), ("hostile-userns", hostile_userns)]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     sys.modules["driver"] = sys.modules[__name__]      # linux_guests imports us by name: one copy of the globals
     import linux_guests

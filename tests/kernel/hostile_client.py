@@ -34,6 +34,10 @@ service answered; the driver (root) looks at files and the service itself.
                        filesystem (finding 5)
   quick                INITIALIZE a guest and send it LHREQ_IRQs, each bounded by
                        WAIT_S: another user's, beside slow-memory (finding 5)
+  userns               open files until refused and hold them; then a child makes
+                       a user namespace, prints `unshared PID`, waits for a line on
+                       stdin (the driver maps subordinate ids into it, as newuidmap
+                       would), becomes uid 5 there and opens the node (finding 5)
 """
 from __future__ import annotations
 
@@ -438,9 +442,47 @@ def quick() -> dict:
     return out
 
 
+def userns() -> dict:
+    """One user's share of open files, then the same user again as a subordinate uid."""
+    out: dict = {}
+    files = open_until_refused(out, 300)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    said_r, said_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            if libc().unshare(0x10000000) != 0:          # CLONE_NEWUSER
+                raise OSError(ctypes.get_errno(), "unshare")
+            os.write(ready_w, b"u")
+            os.read(go_r, 1)
+            os.setgid(5)
+            os.setuid(5)
+            try:
+                os.open(NODE, os.O_RDWR)
+                said = "OK"
+            except OSError as e:
+                said = errname(e)
+        except OSError as e:
+            said = f"setup {errname(e)}"
+        os.write(said_w, said.encode())
+        os._exit(0)
+    for theirs in (ready_w, go_r, said_w):
+        os.close(theirs)
+    if os.read(ready_r, 1) == b"u":
+        print(f"unshared {child}", flush=True)
+        sys.stdin.readline()
+    os.write(go_w, b"g")
+    out["subordinate_open"] = os.read(said_r, 64).decode()
+    os.waitpid(child, 0)
+    for fd in files:
+        os.close(fd)
+    return out
+
+
 COMMANDS = {"limits": limits, "full-eventfd": full_eventfd, "switcher": switcher, "devpage": devpage,
             "caps-hold": caps_hold, "caps-second": caps_second, "mirror-budget": mirror_budget,
-            "slow-memory": slow_memory, "quick": quick}
+            "slow-memory": slow_memory, "quick": quick, "userns": userns}
 
 
 def main() -> int:

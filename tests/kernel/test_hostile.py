@@ -129,3 +129,14 @@ def test_a_guest_hammering_its_timer_holds_one_deadline_and_stops_no_other(scena
     assert "tinyguest: halt PASS" in f["bystander"]["output"], scenario.explain(f["bystander"])
     before, after = f["memory_kb"]
     assert f["service_alive"] and f["after"] == f["baseline"] and after - before < LEAK_KB, scenario.explain()
+
+
+@pytest.mark.kernel_scenario("hostile-userns")
+def test_a_subordinate_uid_is_charged_to_its_owner(scenario):
+    """Finding 5 through a user namespace: nobody holds its share of open files, then opens again
+    as uid 5 of a namespace it made (kernel uid 100005): that is still nobody's share, EMFILE."""
+    f, c = scenario.facts, scenario.facts["client"]
+    assert f["unshared"], scenario.explain()
+    assert (c["opens"], c.get("open_error")) == (Limits().files_per_user, "EMFILE"), scenario.explain()
+    assert c["subordinate_open"] == "EMFILE", scenario.explain()
+    assert clean(f), scenario.explain()
