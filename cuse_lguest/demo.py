@@ -13,13 +13,12 @@ import argparse
 import os
 import pathlib
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from . import transports
+from . import children, transports
 from .vm.job import PROJECT_ROOT
 
 BUILD = PROJECT_ROOT / "native" / "build"
@@ -94,12 +93,7 @@ def _start_service(log: pathlib.Path, transport: str) -> subprocess.Popen:
 
 
 def _stop_service(server: subprocess.Popen) -> int:
-    server.send_signal(signal.SIGTERM)
-    try:
-        return server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        return server.wait()
+    return children.stop(server, 10)
 
 
 def _run_launcher(argv: list[str]) -> tuple[int, bool]:

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Iterator
 
+from cuse_lguest import children
+
 MOUNT_WAIT_S = 60.0
 
 
@@ -41,12 +43,7 @@ def mounted(argv: list[str], path: pathlib.Path, env: dict | None = None) -> Ite
             time.sleep(0.05)
         yield path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        children.stop(proc, 15)
         while _mounted(path):
             subprocess.run(["umount", "-l", str(path)], check=False)
 

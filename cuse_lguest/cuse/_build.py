@@ -42,7 +42,7 @@ Why a little C lives here instead of Python:
   answers ENOSYS and the kernel falls back to the default poll mask, which
   is also what a device without a poll method gives.
 
-* The same session can serve FUSE instead of CUSE (`cl_new_fuse`): a
+* The same session can serve FUSE instead of CUSE (`cl_new` without devinfo): a
   filesystem whose only inode is its root, a regular file, mounted over the
   node path (see fusenode.py).  It shares the ops above; FUSE adds GETATTR
   (answered in C from the link's mode, uid and gid), LOOKUP (nothing to
@@ -107,7 +107,6 @@ void cl_shortcut_remove(struct cl_link *l, uint64_t fh);
 void cl_shortcut_clear(struct cl_link *l);
 
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
-struct fuse_session *cl_new_fuse(struct cl_link *link);
 void cl_destroy(struct fuse_session *se, struct cl_link *link);
 int cl_attach(struct fuse_session *se, int fd);
 int cl_loop(struct fuse_session *se, unsigned max_threads);
@@ -566,7 +565,7 @@ static const struct fuse_custom_io cl_io = { .writev = cl_writev, .read = cl_rea
 /* A CUSE session announcing `devinfo`, or with devinfo NULL, a FUSE session
  * for our one-file filesystem; both with libfuse's usual argument list and
  * the shortcut lock, which is gone again if libfuse refuses. */
-static struct fuse_session *cl_make(struct cl_link *link, const char *devinfo)
+struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
 {
     char *argv[] = { (char *)"cuse-lguest", NULL };
     struct fuse_args args = FUSE_ARGS_INIT(1, argv);
@@ -589,16 +588,6 @@ static struct fuse_session *cl_make(struct cl_link *link, const char *devinfo)
     if (!se)
         pthread_mutex_destroy(&link->shortcut_lock);
     return se;
-}
-
-struct fuse_session *cl_new(struct cl_link *link, const char *devinfo)
-{
-    return cl_make(link, devinfo);
-}
-
-struct fuse_session *cl_new_fuse(struct cl_link *link)
-{
-    return cl_make(link, NULL);
 }
 
 void cl_destroy(struct fuse_session *se, struct cl_link *link)

@@ -147,7 +147,7 @@ class Session:
             self._se = lib.cl_new(self._link, ("DEVNAME=" + name).encode())
         else:
             self._link.node_mode, self._link.node_uid, self._link.node_gid = fuse.mode, fuse.uid, fuse.gid
-            self._se = lib.cl_new_fuse(self._link)
+            self._se = lib.cl_new(self._link, ffi.NULL)
         if self._se == ffi.NULL:
             os.close(self._link.stop_fd)
             raise RuntimeError("libfuse could not create the session (see its message above)")

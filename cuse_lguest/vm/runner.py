@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from cuse_lguest import children
+
 from . import initramfs, job, kernel
 
 DEFAULT_CACHE = pathlib.Path("/var/tmp/cuse-lguest-vm")
@@ -143,12 +145,7 @@ def run(command: str, opts: VMOptions = VMOptions(),
         proc.wait(timeout=opts.timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        children.stop(proc, 5)
     except BaseException:
         proc.kill()
         proc.wait()

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
+from cuse_lguest import children
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 BUILD = ROOT / "native" / "build"
@@ -163,13 +165,7 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return children.stop(self.proc, timeout, sig)
 
     def log_text(self, since: int = 0) -> str:
         if not self.log.exists():

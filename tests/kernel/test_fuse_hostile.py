@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from cuse_lguest import children
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 AIO_CLIENT = pathlib.Path(__file__).with_name("aio_client.py")
 NOBODY = 65534
@@ -50,12 +52,7 @@ def fuse_service():
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        children.stop(proc, 30)
         while mounts_at(str(node)):
             subprocess.run(["umount", "-l", str(node)], check=False)
         log.close()
