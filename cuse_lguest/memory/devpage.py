@@ -92,7 +92,15 @@ class DevicePageTwin:
 
     # ---- pushing -------------------------------------------------------------
     def push(self) -> None:
-        """Send the Guest's writes to the launcher, after taking the launcher's own."""
+        """Send the Guest's writes to the launcher, after taking the launcher's own.
+
+        Most NOTIFYs are kicks, and the Guest rarely writes its fields of the
+        page: when none differs from the twin there is nothing to send, and
+        the launcher's own changes can wait for the next pull (run entry or
+        LHREQ_IRQ), which takes them as always.
+        """
+        if not self._guest_wrote():
+            return
         self.pull()
         pieces = [piece for lo, hi in self._guest_fields() for piece in self._changed_runs(lo, hi)]
         if pieces:
@@ -100,6 +108,11 @@ class DevicePageTwin:
             for gpa, _, n in pieces:
                 off = gpa - self.gpa
                 self.twin[off:off + n] = self.local[gpa:gpa + n]
+
+    def _guest_wrote(self) -> bool:
+        """Whether any field the Guest may write differs between our copy and the twin."""
+        local, twin, base = self.local, self.twin, self.gpa
+        return any(local[base + lo:base + hi] != twin[lo:hi] for lo, hi in self._guest_fields())
 
     def _guest_fields(self):
         """(start, end) page offsets of every field the Guest may write."""

@@ -16,10 +16,9 @@ launcher's MAP_PRIVATE RAM, overrides them.  The core calls them at:
                         push what the launcher is about to read
   on_irq()              when the vCPU takes an LHREQ_IRQ it was sent: pull
                         what the device wrote (used rings, buffers, config)
-  at_exit()             at every Guest exit: pull ring pages while rings are
-                        active, so a Guest polling without interrupts still
-                        makes progress (mirror mode looks at most once a
-                        millisecond: a Linux Guest exits at every system call)
+  at_exit()             at every Guest exit (mirror mode does nothing here:
+                        everything the launcher writes is followed by an
+                        LHREQ_IRQ, see mirror.py)
 """
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ import ctypes
 import errno
 import mmap
 import os
-import time
 
 import pytest
 
@@ -20,7 +19,7 @@ from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestSetupError
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.handles import MIRROR, acquire
-from cuse_lguest.memory.mirror import EXIT_POLL_INTERVAL_NS, MirrorGuestMemory
+from cuse_lguest.memory.mirror import MirrorGuestMemory
 from cuse_lguest.memory.shared import SharedGuestMemory, open_guest_memory
 from cuse_lguest.testing.guestram import GuestRam, PrivateGuestRam
 from cuse_lguest.testing.layout import DeviceArea, write_boot_params
@@ -151,32 +150,32 @@ def test_an_irq_pulls_used_buffers_and_hides_no_notify(launcher, mirror):
     assert drops == [[(0x20000, 512)]]                # pulled bytes may be code
 
 
-def test_a_polling_guest_sees_used_buffers_at_its_next_exit(launcher, mirror):
+def test_used_buffers_wait_for_the_launchers_irq_not_for_guest_exits(launcher, mirror):
+    """A Linux Guest exits at every system call; looking at the launcher there cost more than it showed."""
     theirs, ours = start_device(launcher, mirror)
     ours.add_chain(0, [Buffer(0x20000, 8, True)])
     mirror.before_notify(ours.gpa)
-    theirs.write_buffers(theirs.chain(0).writable, b"polled!!")
+    theirs.write_buffers(theirs.chain(0).writable, b"irq-only")
     theirs.push_used(0, 8)
-    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
+    pulls = mirror.counters()["pull_calls"]
     mirror.at_exit()
-    assert ours.used_idx == 1 and mirror.read_bytes(0x20000, 8) == b"polled!!"
+    assert ours.used_idx == 0 and mirror.counters()["pull_calls"] == pulls
+    mirror.on_irq()
+    assert ours.used_idx == 1 and mirror.read_bytes(0x20000, 8) == b"irq-only"
 
 
-def test_exits_poll_at_most_once_per_interval(launcher, mirror):
-    """Every system call of a Linux Guest is an exit: polling at each one cost more than its I/O."""
+def test_a_kick_sends_the_device_page_only_when_the_guest_wrote_there(launcher, mirror):
     theirs, ours = start_device(launcher, mirror)
-    ours.add_chain(0, [Buffer(0x20000, 8, True)])
+    before = mirror.counters()
+    ours.add_chain(0, [Buffer(0x10000, 16, False)])
+    mirror.before_notify(ours.gpa)                    # a kick: the ring goes, the untouched page does not
+    after = mirror.counters()
+    assert after["pull_calls"] == before["pull_calls"] and after["push_calls"] > before["push_calls"]
+    dev, _, accepted, _ = record(launcher)
+    mirror.view[dev.accepted_gpa] = 0x01              # the Guest writes a field of the page
     mirror.before_notify(ours.gpa)
-    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
-    mirror.at_exit()                                  # polls: nothing used yet
-    polls = mirror.syncs.exit_polls
-    theirs.write_buffers(theirs.chain(0).writable, b"later!!!")
-    theirs.push_used(0, 8)
-    mirror.at_exit()                                  # too soon after the last poll
-    assert mirror.syncs.exit_polls == polls and ours.used_idx == 0
-    time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)
-    mirror.at_exit()
-    assert mirror.syncs.exit_polls == polls + 1 and ours.used_idx == 1
+    assert mirror.counters()["pull_calls"] == after["pull_calls"] + 1
+    assert launcher.buf[dev.accepted_gpa] == 0x01
 
 
 def test_guest_owned_bytes_never_cross_without_a_notify(launcher, mirror):
@@ -215,8 +214,7 @@ def test_early_console_string_is_pushed_up_to_its_nul(launcher, mirror):
 def test_unmapped_launcher_memory_is_a_guest_fault(launcher, mirror):
     start_device(launcher, mirror)
     launcher.close()
-    for sync in (mirror.at_run_entry, mirror.on_irq, mirror.at_exit, lambda: mirror.before_notify(0x40000)):
-        time.sleep(EXIT_POLL_INTERVAL_NS / 1e9)          # at_exit polls at most this often
+    for sync in (mirror.at_run_entry, mirror.on_irq, lambda: mirror.before_notify(0x40000)):
         with pytest.raises(GuestFault, match=r"^launcher memory gone: .+ \(pid \d+\)$"):
             sync()
     counts = mirror.counters()
