@@ -471,10 +471,13 @@ static void fl_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fuse_reply_err(req, ENOENT);        /* a file has no entries */
 }
 
-/* The file's size, as large as a size can be.  FUSE lets writes to one file
- * run side by side only when none reaches past its end (see cl_reply_open),
- * and launchers never look at the size. */
-#define CL_FUSE_SIZE INT64_MAX
+/* The file's size: large, because FUSE lets writes to one file run side by
+ * side only when none reaches past its end (see cl_reply_open).  But no
+ * larger than a 32-bit program without large-file support may open: the
+ * kernel refuses such an open() of a bigger file with EOVERFLOW, and the
+ * unmodified 3.x launcher is built that way.  Launchers never look at the
+ * size, and such a program cannot write past it either. */
+#define CL_FUSE_SIZE INT32_MAX
 
 static void fl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
