@@ -48,6 +48,9 @@ void print_hex(const char *label, u32 v); /* "label=0x...\n" */
 void shutdown(const char *msg, u32 how) __attribute__((noreturn));
 void set_gate(u32 vector, void (*handler)(void), u32 dpl, u32 type);
 void install_traps(void);                 /* gates for 0..31 (except 2, 8, 15), 32..63 IRQs, 0x80 */
+/* To ring 3 at `entry` on the stack ending at user_top: flat user segments (DPL 3), the two pages
+ * ending at kernel_top as the kernel stack for the way back, then iret. */
+void enter_user(void (*entry)(void), u32 user_top, u32 kernel_top) __attribute__((noreturn));
 void enable_irqs(void);
 void disable_irqs(void);
 const char *cmdline(void);                /* the launcher's command line at gpa 0x1000 */

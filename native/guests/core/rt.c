@@ -68,6 +68,17 @@ void install_traps(void)
     set_gate(0x80, (void (*)(void))((u32)trap_stubs_table + 16 * 0x80), 3, GATE_TRAP);
 }
 
+void enter_user(void (*entry)(void), u32 user_top, u32 kernel_top)
+{
+    hcall(LHCALL_LOAD_GDT_ENTRY, 14, 0x0000FFFF, 0x00CFFA00, 0);
+    hcall(LHCALL_LOAD_GDT_ENTRY, 15, 0x0000FFFF, 0x00CFF200, 0);
+    hcall(LHCALL_SET_STACK, KERNEL_DS, kernel_top, 2, 0);
+    asm volatile("pushl %0\n pushl %1\n pushl $0x202\n pushl %2\n pushl %3\n iret"
+                 :: "i"(USER_DS), "r"(user_top), "i"(USER_CS), "r"(entry));
+    for (;;)
+        ;
+}
+
 void enable_irqs(void)
 {
     lguest_data.irq_enabled = 0x200;

@@ -87,11 +87,5 @@ int main(void)
     asm volatile("inl (%%dx)" : "+a"(v) : "d"(0xCF8));
     print_hex("kernel in eax", v);
 
-    /* To ring 3: flat user segments (DPL 3), a kernel stack for the way back, then iret. */
-    hcall(LHCALL_LOAD_GDT_ENTRY, 14, 0x0000FFFF, 0x00CFFA00, 0);
-    hcall(LHCALL_LOAD_GDT_ENTRY, 15, 0x0000FFFF, 0x00CFF200, 0);
-    hcall(LHCALL_SET_STACK, KERNEL_DS, (u32)kstack + sizeof(kstack), 2, 0);
-    asm volatile("pushl %0\n pushl %1\n pushl $0x202\n pushl %2\n pushl %3\n iret"
-                 :: "i"(USER_DS), "r"((u32)ustack + sizeof(ustack)), "i"(USER_CS), "r"(user_main));
-    return 0;
+    enter_user(user_main, (u32)ustack + sizeof(ustack), (u32)kstack + sizeof(kstack));
 }

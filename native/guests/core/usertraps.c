@@ -89,10 +89,5 @@ int main(void)
     for (u32 i = 0; i < 1024; i++)
         pt2[i] = (i << 12) | PTE_P | PTE_W | PTE_U;
     hcall(LHCALL_NEW_PGTABLE, (u32)pd, 0, 0, 0);
-    hcall(LHCALL_LOAD_GDT_ENTRY, 14, 0x0000FFFF, 0x00CFFA00, 0);
-    hcall(LHCALL_LOAD_GDT_ENTRY, 15, 0x0000FFFF, 0x00CFF200, 0);
-    hcall(LHCALL_SET_STACK, KERNEL_DS, (u32)kstack + sizeof(kstack), 2, 0);
-    asm volatile("pushl %0\n pushl %1\n pushl $0x202\n pushl %2\n pushl %3\n iret"
-                 :: "i"(USER_DS), "r"((u32)ustack + sizeof(ustack)), "i"(USER_CS), "r"(user_main));
-    return 0;
+    enter_user(user_main, (u32)ustack + sizeof(ustack), (u32)kstack + sizeof(kstack));
 }
