@@ -105,8 +105,7 @@ class Hypercalls:
         self.v.set_kernel_stack(ss, esp)
 
     def _ts(self, on: int, *_: int) -> None:
-        self.v.ts = bool(on)
-        self.v.machine.set_ts(bool(on))
+        self.v.set_task_switched(bool(on))
 
     def _set_clockevent(self, delta_ns: int, *_: int) -> None:
         self.v.set_clockevent(delta_ns)

@@ -270,6 +270,12 @@ class VCpu:
         self.kernel_stack = (ss, esp)
         self.exits.set_kernel_stack(ss, esp)
 
+    def set_task_switched(self, on: bool) -> None:
+        """LHCALL_TS: CR0.TS as the Guest wants it, and whose a #NM is (interrupts.hardware_trap)."""
+        self.ts = on
+        self.exits.set_task_switched(on)
+        self.machine.set_ts(on)
+
     def shutdown(self, reason: str, restart: bool) -> None:
         self.guest.kill(reason)
         if restart:

@@ -9,8 +9,10 @@ which owns every policy decision and every kill text.
 
 What C handles from ring 3: a software interrupt (`int n`) whose IDT gate
 the Guest loaded and whose DPL lets ring 3 use it (a system call, or int3 to
-a DPL-3 gate), and a page fault the Guest's own handler must see (CR2
-written to lguest_data.cr2, the frame with the error code).  It builds
+a DPL-3 gate), a page fault the Guest's own handler must see (CR2 written
+to lguest_data.cr2, the frame with the error code), and every other fault
+interrupts.hardware_trap would reflect from ring 3 (#GP, #DE, #NM while the
+Guest asked for TS, ...).  It builds
 exactly the frame interrupts.push_frame builds, in the same order of reads
 and writes: kernel stack from SET_STACK, SS and ESP, EFLAGS with IF taken
 from lguest_data.irq_enabled, CS, EIP, the error code; the running EFLAGS
@@ -27,7 +29,7 @@ first as Hypercalls checks it; one that would kill the Guest is Python's.
 
 What C leaves to Python (returns before it has changed anything): the
 feature switched off, no lguest_data yet, a gate that is missing or refuses
-ring 3, any other trap, a frame or page-table page that does not translate
+ring 3, #NM while the Guest has not asked for TS, a frame or page-table page that does not translate
 into Guest RAM, a page fault whose page directory slot the Guest changed
 behind our back (the mirror needs a re-copy), any other hypercall or any
 other call in the ring, a Guest that is dead, an interrupt request from the
@@ -82,6 +84,8 @@ _DEFINES = {
     "LG_PTE_ACCESSED": abi.PTE_ACCESSED,
     "LG_PGD_ALLOWED": abi.PGD_ALLOWED_FLAGS,
     "LG_PAGE_FAULT": 14,
+    "LG_NO_FPU": 7,
+    "LG_ERROR_CODE_VECTORS": sum(1 << v for v in abi.ERROR_CODE_VECTORS),
     "LG_TRAP_ENTRY": abi.LGUEST_TRAP_ENTRY,
     "LG_HC_FLUSH_ASYNC": abi.LHCALL_FLUSH_ASYNC,
     "LG_HC_SEND_INTERRUPTS": abi.LHCALL_SEND_INTERRUPTS,
@@ -145,6 +149,7 @@ _CDEF = """
         int paging;
         uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
         uint32_t kstack_ss, kstack_esp;
+        int ts;                         /* the Guest asked for CR0.TS (LHCALL_TS) */
         uint32_t ring_cursor;           /* the async ring's, shared with AsyncRing */
         struct lg_gate idt[%d];
         uint64_t handled;               /* exits C delivered (tests look) */
@@ -466,8 +471,14 @@ _SOURCE = r"""
             lg_wr32(x, x->ld + LG_LD_CR2, cr2);
             if (!lg_push_frame(x, gate, cs, 1, err, lg_reg(x, LG_REG_EIP)))
                 return -1;
+        } else if (intno == LG_NO_FPU && !x->ts) {
+            return -1;                  /* lazy FPU state is the host's business: Python's */
         } else {
-            return -1;                  /* other faults: Python's */
+            /* interrupts.reflect: every other fault from ring 3 is the Guest's. */
+            uint32_t err = (uint32_t)*(int32_t *)(x->ctx + x->ctx_error_code);
+            int with_err = intno < 32 && (LG_ERROR_CODE_VECTORS >> intno) & 1;
+            if (!lg_push_frame(x, gate, cs, with_err, err, lg_reg(x, LG_REG_EIP)))
+                return -1;
         }
         return (int)(x->trap_slot_base + 2 * intno + 1);
     }

@@ -13,8 +13,8 @@ Python handler it was given, behind the binding's own exception guard (an
 exception there stops emulation and is raised by emu_start, as for any
 hook).
 
-C reads a copy of the Guest's IDT, kernel stack, lguest_data address and
-page directory.  Python owns them and calls the setters below whenever one
+C reads a copy of the Guest's IDT, kernel stack, lguest_data address,
+page directory and TS request.  Python owns them and calls the setters below whenever one
 changes, so the copy is never stale.  The async ring's cursor is the one
 thing both sides move: it lives here, and AsyncRing keeps it in this cell.
 
@@ -132,6 +132,10 @@ class NativeExits:
 
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         self._x.kstack_ss, self._x.kstack_esp = ss, esp
+
+    def set_task_switched(self, on: bool) -> None:
+        """LHCALL_TS: whether a #NM from ring 3 is the Guest's (else the host's lazy FPU business)."""
+        self._x.ts = int(on)
 
     def set_lguest_data(self, gpa: int) -> None:
         """After the handshake checked that all of lguest_data lies in Guest RAM."""

@@ -1,7 +1,8 @@
 /* Ring 3 traps of every kind the host may deliver natively, and their neighbours that it must not:
  * system calls with the virtual IF on and off, int3 through a DPL 3 interrupt gate, demand-paged
  * and fatal-looking page faults (fixed up or skipped by the handler), a page directory entry the
- * host learns of only at the fault (no frame: the host re-copies it), and int $0x40 (DPL 1: #GP).
+ * host learns of only at the fault (no frame: the host re-copies it), int $0x40 (DPL 1: #GP), and
+ * the faults reflected as they are: cli (#GP(0)), a division by zero (#DE), the FPU while TS (#NM).
  * tests/host/test_core_native_exits.py runs it with native exits on and off and compares each frame. */
 #include "lguest.h"
 
@@ -30,6 +31,8 @@ static void handler(struct frame *f)
             f->eflags |= 0x200u;     /* ...and on again */
         else if (f->eax == 5)
             pd[QUIET_PDE >> 22] = (u32)pt2 | PTE_P | PTE_W | PTE_U;   /* the host finds out at the fault */
+        else if (f->eax == 6)
+            hcall(LHCALL_TS, 1, 0, 0, 0);    /* the next FPU instruction traps (#NM) */
         f->eax = 0x600D;
         return;
     }
@@ -42,6 +45,10 @@ static void handler(struct frame *f)
             return;                  /* retried, and now it works */
         }
     }
+    if (f->vector == 7) {
+        hcall(LHCALL_TS, 0, 0, 0, 0);    /* lazy FPU: the instruction is retried and runs */
+        return;
+    }
     f->eip += f->edi;                /* the faulting code tells us how long the instruction is */
 }
 
@@ -50,8 +57,9 @@ static void syscall1(u32 nr)
     asm volatile("int $0x80" : "+a"(nr) :: "memory");
 }
 
+/* The address in EAX: with EBP as the base, `movl (%ebp), %ecx` would be three bytes, not two. */
 #define PROBE_AT(insn, len, addr) \
-    asm volatile("movl $" #len ", %%edi\n" insn :: "r"(addr) : "ecx", "edi", "memory")
+    asm volatile("movl $" #len ", %%edi\n" insn :: "a"(addr) : "ecx", "edi", "memory")
 #define PROBE(insn, len) asm volatile("movl $" #len ", %%edi\n" insn ::: "edi", "memory")
 
 static void user_main(void)
@@ -61,6 +69,11 @@ static void user_main(void)
         syscall1(0);
         PROBE("int3", 0);
         PROBE("int $0x40", 2);
+        PROBE("cli", 1);                        /* #GP(0): never emulated for ring 3 */
+        asm volatile("movl $2, %%edi\n xorl %%edx, %%edx\n divl %%ecx"   /* #DE */
+                     :: "c"(0) : "eax", "edx", "edi", "memory");
+        syscall1(6);
+        asm volatile("fldz\n fstp %%st(0)" ::: "memory");                 /* #NM, then it runs */
         PROBE_AT("movl %%ecx, (%0)", 2, READONLY_PAGE + 4 * round);
         PROBE_AT("movl (%0), %%ecx", 2, NO_PDE + 8 * round);
     }
