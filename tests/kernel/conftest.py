@@ -104,6 +104,9 @@ def scenario_name(item: pytest.Item, marker: str = MARKER) -> str | None:
     return mark.args[0].format(**params)
 
 
+LEAK_KB = 16 << 10      # resident memory a scenario may leave behind (allocator slack, not a Guest's RAM)
+
+
 @dataclasses.dataclass
 class Scenario:
     """One scenario's observations, and the context a failure message needs."""
@@ -111,6 +114,13 @@ class Scenario:
     transport: str
     facts: dict
     server_log: str
+
+    def gave_back(self) -> bool:
+        """For a scenario the driver watched (driver._watched): the service is still there, with the
+        threads, fds and processes it had before and about the memory."""
+        f = self.facts
+        before, after = f["memory_kb"]
+        return f["service_alive"] and f["after"] == f["baseline"] and after - before < LEAK_KB
 
     def explain(self, facts: dict | None = None) -> str:
         shown = self.facts if facts is None else facts

@@ -504,51 +504,45 @@ def truncate_hostile(server: Server) -> dict:
     """Finding 3: a non-root member of the device group truncates its shared RAM under its Guest.
 
     A bystander Guest runs meanwhile; afterwards the service must still be
-    up, the bystander must have finished, and a new launch must pass.
+    up, the bystander must have finished, a new launch must pass, and the
+    service must have given back what the dead Guest held (_watched).
     """
-    server.ensure()
-    kvm = grp.getgrnam("kvm").gr_gid
-    st = NODE.stat()
-    os.chown(NODE, 0, kvm)             # what the udev rule we ship does
-    os.chmod(NODE, 0o660)
-    try:
-        bystander = Launch("64", ["test=halt", "hz=100", "irqs=300"])
-        bystander.wait_output(r"halt ready", 60)
-        facts: dict = {"hostile": _truncate_under_guest(_as_nobody([kvm]))}
-        facts["service_alive_after"] = server.alive()
-        facts["bystander"] = bystander.finish()
-        facts["after"] = Launch("64", ["test=hello"]).finish()
-        facts["service_alive_at_end"] = server.alive()
+    def body() -> dict:
+        with _node_open_to_group() as gid:
+            bystander = Launch("64", ["test=halt", "hz=100", "irqs=300"])
+            bystander.wait_output(r"halt ready", 60)
+            facts: dict = {"hostile": _truncate_under_guest(_as_nobody([gid]))}
+            facts["service_alive_after"] = server.alive()
+            facts["bystander"] = bystander.finish()
+            facts["next_guest"] = Launch("64", ["test=hello"]).finish()
         return facts
-    finally:
-        if NODE.exists():
-            os.chown(NODE, st.st_uid, st.st_gid)
-            os.chmod(NODE, st.st_mode & 0o7777)
+    return _watched(server, body)
 
 
 def small_machine(server: Server) -> dict:
     """The 512 MiB VM: the service starts and runs a Guest; one worker SIGKILLed, one Guest's
-    RAM truncated under it (SIGBUS); a bystander Guest beside them finishes its scenario."""
-    with open("/proc/meminfo") as f:
-        facts: dict = {"mem_total_kb": int(f.readline().split()[1])}
-    server.ensure()
-    facts["first"] = Launch("64", ["test=hello"]).finish()
-    bystander = Launch("64", ["test=halt", "hz=100", "irqs=500"])
-    bystander.wait_output(r"halt ready", 60)
-    mark = server.log_size()
-    victim = Launch("64", SPIN_FOREVER)
-    facts["victim_running"] = victim.wait_output(SPIN_READY, 60)
-    worker = _worker_of(server, victim.proc.pid, mark)
-    facts["victim_worker"] = worker
-    if worker is not None:
-        os.kill(worker, signal.SIGKILL)
-    facts["killed"] = victim.finish(timeout=30)
-    facts["truncated"] = _truncate_under_guest()
-    facts["service_alive_after"] = server.alive()
-    facts["bystander"] = bystander.finish()
-    facts["after"] = Launch("64", ["test=hello"]).finish()
-    facts["service_alive_at_end"] = server.alive()
-    return facts
+    RAM truncated under it (SIGBUS); a bystander Guest beside them finishes its scenario; the
+    service gives back what the dead Guests held (_watched)."""
+    def body() -> dict:
+        with open("/proc/meminfo") as f:
+            facts: dict = {"mem_total_kb": int(f.readline().split()[1])}
+        facts["first"] = Launch("64", ["test=hello"]).finish()
+        bystander = Launch("64", ["test=halt", "hz=100", "irqs=500"])
+        bystander.wait_output(r"halt ready", 60)
+        mark = server.log_size()
+        victim = Launch("64", SPIN_FOREVER)
+        facts["victim_running"] = victim.wait_output(SPIN_READY, 60)
+        worker = _worker_of(server, victim.proc.pid, mark)
+        facts["victim_worker"] = worker
+        if worker is not None:
+            os.kill(worker, signal.SIGKILL)
+        facts["killed"] = victim.finish(timeout=30)
+        facts["truncated"] = _truncate_under_guest()
+        facts["service_alive_after"] = server.alive()
+        facts["bystander"] = bystander.finish()
+        facts["next_guest"] = Launch("64", ["test=hello"]).finish()
+        return facts
+    return _watched(server, body)
 
 
 def server_sigterm(server: Server) -> dict:
