@@ -76,7 +76,6 @@ class VCpu:
         self.ring: AsyncRing | None = None
         self.idt: list[tuple[int, int, int] | None] = [None] * abi.IDT_ENTRIES
         self.kernel_stack = (0, 0)
-        self.ts = False
         self.halted = False
         self.need_flush = False
         self.hcall: tuple[int, int, int, int, int] | None = None
@@ -270,10 +269,16 @@ class VCpu:
         self.kernel_stack = (ss, esp)
         self.exits.set_kernel_stack(ss, esp)
 
+    @property
+    def ts(self) -> bool:
+        """The Guest's last LHCALL_TS, which decides whose a #NM is (interrupts.hardware_trap).
+
+        Kept by the native exits, which run TS themselves."""
+        return self.exits.task_switched
+
     def set_task_switched(self, on: bool) -> None:
-        """LHCALL_TS: CR0.TS as the Guest wants it, and whose a #NM is (interrupts.hardware_trap)."""
-        self.ts = on
-        self.exits.set_task_switched(on)
+        """LHCALL_TS: CR0.TS as the Guest wants it."""
+        self.exits.task_switched = on
         self.machine.set_ts(on)
 
     def shutdown(self, reason: str, restart: bool) -> None:

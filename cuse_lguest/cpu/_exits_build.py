@@ -21,8 +21,8 @@ saved context exactly as Machine.enter_ring1 does, and old_exception is
 reset as SavedContext.clear_old_exception does.
 
 What C handles from ring 1: a hypercall that needs no decision (SET_PTE,
-SET_PGD, FLUSH_ASYNC, SEND_INTERRUPTS) when every call queued in the async
-ring is a SET_PTE or SET_PGD.  It does what VCpu._hypercall does: drain the
+SET_PGD, TS, FLUSH_TLB, FLUSH_ASYNC, SEND_INTERRUPTS) when every call queued
+in the async ring is a SET_PTE, SET_PGD, TS or FLUSH_TLB.  It does what VCpu._hypercall does: drain the
 ring from the shared cursor (each call counted in its async slot), run the
 call, flush the TLB once if any of them asked for it.  Each call is checked
 first as Hypercalls checks it; one that would kill the Guest is Python's.
@@ -39,8 +39,9 @@ exit; here it simply does it all.
 
 The Guest state C reads lives in struct lg_exits and is written by Python
 whenever it changes (LOAD_IDT_ENTRY, SET_STACK, LGUEST_INIT, NEW_PGTABLE):
-Python stays the owner, C keeps a copy.  The ring cursor is the one word
-both move; it lives here and AsyncRing uses it in place.  Both run on the
+Python stays the owner, C keeps a copy.  The ring cursor and the TS request
+are the words both sides change; they live here and Python uses them in
+place (AsyncRing.cursor, VCpu.ts).  Both run on the
 vCPU thread only.
 The C side never takes the GIL.
 
@@ -91,6 +92,8 @@ _DEFINES = {
     "LG_HC_SEND_INTERRUPTS": abi.LHCALL_SEND_INTERRUPTS,
     "LG_HC_SET_PTE": abi.LHCALL_SET_PTE,
     "LG_HC_SET_PGD": abi.LHCALL_SET_PGD,
+    "LG_HC_TS": abi.LHCALL_TS,
+    "LG_HC_FLUSH_TLB": abi.LHCALL_FLUSH_TLB,
     "LG_LD_HCALL_STATUS": abi.LGUEST_DATA_HCALL_STATUS,
     "LG_LD_HCALLS": abi.LGUEST_DATA_HCALLS,
     "LG_RING_SIZE": abi.LHCALL_RING_SIZE,
@@ -104,6 +107,7 @@ _DEFINES = {
     "LG_REG_EIP": X.UC_X86_REG_EIP,
     "LG_REG_EFLAGS": X.UC_X86_REG_EFLAGS,
     "LG_REG_CR2": X.UC_X86_REG_CR2,
+    "LG_REG_CR0": X.UC_X86_REG_CR0,
     "LG_REG_EAX": X.UC_X86_REG_EAX,
     "LG_REG_EBX": X.UC_X86_REG_EBX,
     "LG_REG_ECX": X.UC_X86_REG_ECX,
@@ -149,7 +153,8 @@ _CDEF = """
         int paging;
         uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
         uint32_t kstack_ss, kstack_esp;
-        int ts;                         /* the Guest asked for CR0.TS (LHCALL_TS) */
+        int ts;                         /* the Guest asked for CR0.TS (LHCALL_TS); VCpu.ts reads it */
+        uint32_t cr0_ts;                /* CR0's TS bit (Machine.set_ts) */
         uint32_t ring_cursor;           /* the async ring's, shared with AsyncRing */
         struct lg_gate idt[%d];
         uint64_t handled;               /* exits C delivered (tests look) */
@@ -340,8 +345,8 @@ _SOURCE = r"""
     }
 
     /* Would Hypercalls.execute finish this call without a decision and without
-     * a kill?  In the ring only SET_PTE and SET_PGD; synchronously also
-     * FLUSH_ASYNC and SEND_INTERRUPTS, whose exit is all they are for. */
+     * a kill?  SET_PTE, SET_PGD, TS and FLUSH_TLB, queued or not; synchronously
+     * also FLUSH_ASYNC and SEND_INTERRUPTS, whose exit is all they are for. */
     static int lg_call_simple(struct lg_exits *x, const struct lg_call *c, int queued)
     {
         uint32_t entry;
@@ -349,6 +354,9 @@ _SOURCE = r"""
         case LG_HC_FLUSH_ASYNC:
         case LG_HC_SEND_INTERRUPTS:
             return !queued;
+        case LG_HC_TS:
+        case LG_HC_FLUSH_TLB:
+            return 1;
         case LG_HC_SET_PTE:
             if (c->a2 >= x->switcher_base)
                 return 0;
@@ -370,6 +378,14 @@ _SOURCE = r"""
         uint32_t entry;
         if (c->nr == LG_HC_SET_PTE)
             return c->a3 == 0;          /* the Guest's "flush this address" */
+        if (c->nr == LG_HC_FLUSH_TLB)
+            return 1;
+        if (c->nr == LG_HC_TS) {        /* Hypercalls._ts: remember it, and set CR0.TS as asked */
+            uint32_t cr0 = lg_reg(x, LG_REG_CR0);
+            x->ts = c->a1 != 0;
+            lg_set_reg(x, LG_REG_CR0, x->ts ? cr0 | x->cr0_ts : cr0 & ~x->cr0_ts);
+            return 0;
+        }
         if (c->nr == LG_HC_SET_PGD && lg_pgd_applies(x, c) && lg_guest_pde(x, c->a2, &entry)
             && x->host_pd[c->a2] != entry) {
             x->host_pd[c->a2] = entry;

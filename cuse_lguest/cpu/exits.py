@@ -14,9 +14,10 @@ exception there stops emulation and is raised by emu_start, as for any
 hook).
 
 C reads a copy of the Guest's IDT, kernel stack, lguest_data address,
-page directory and TS request.  Python owns them and calls the setters below whenever one
-changes, so the copy is never stale.  The async ring's cursor is the one
-thing both sides move: it lives here, and AsyncRing keeps it in this cell.
+page directory.  Python owns them and calls the setters below whenever one
+changes, so the copy is never stale.  Two words both sides change live
+here and Python uses them in place: the async ring's cursor and the
+Guest's TS request.
 
 The switch: `CUSE_LGUEST_NATIVE_EXITS=0` in the environment, or
 `enabled = False` on a running vCPU's NativeExits, sends every exit to
@@ -63,7 +64,7 @@ class NativeExits:
     """
 
     def __init__(self, uc: Uc, ctx: SavedContext, memory: GuestMemory, region: SwitcherRegion,
-                 on_intr: Callable[[int], None]) -> None:
+                 cr0_ts: int, on_intr: Callable[[int], None]) -> None:
         self._x = x = ffi.new("struct lg_exits *")
         x.uc = ffi.cast("void *", ctypes.cast(uc._uch, ctypes.c_void_p).value)
         x.reg_read = _entry("uc_reg_read", "int (*)(void *, int, void *)")
@@ -73,6 +74,7 @@ class NativeExits:
         x.ctl = _entry("uc_ctl", "int (*)(void *, int, ...)")
         # What Machine.flush_tlb passes: the binding encodes (op << 30) | (nargs << 26) | control.
         x.tlb_flush = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH
+        x.cr0_ts = cr0_ts
         view = ctx.native_view()
         x.ctx = ffi.cast("char *", view.address)
         x.ctx_error_code, x.ctx_is_int, x.ctx_old_exception = view.error_code, view.is_int, view.old_exception
@@ -133,8 +135,13 @@ class NativeExits:
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         self._x.kstack_ss, self._x.kstack_esp = ss, esp
 
-    def set_task_switched(self, on: bool) -> None:
-        """LHCALL_TS: whether a #NM from ring 3 is the Guest's (else the host's lazy FPU business)."""
+    @property
+    def task_switched(self) -> bool:
+        """LHCALL_TS as the Guest last asked (C runs TS itself): whether a #NM is the Guest's."""
+        return bool(self._x.ts)
+
+    @task_switched.setter
+    def task_switched(self, on: bool) -> None:
         self._x.ts = int(on)
 
     def set_lguest_data(self, gpa: int) -> None:

@@ -85,7 +85,7 @@ class Machine:
         """Traps and software interrupts go to the native hook, and on to on_intr(vector) for
         what it leaves (cpu/exits.py); ud2 & co to on_invalid()."""
         uc = self.uc
-        self.exits = NativeExits(uc, self.ctx, self.memory, self.region, on_intr)
+        self.exits = NativeExits(uc, self.ctx, self.memory, self.region, CR0_TS, on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, lambda _uc, _ud: on_invalid())
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)

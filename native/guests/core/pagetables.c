@@ -1,7 +1,7 @@
 /* The page-table hypercalls the host may finish natively, and what the Guest sees after each:
  * SET_PTE announcing (no flush) and SET_PTE 0 (flush), batches of SET_PTE and SET_PGD through the
  * async ring ended by FLUSH_ASYNC (many times round the ring), SET_PGD for tables that are not
- * current, SEND_INTERRUPTS with nothing to deliver.  Command line "bad" ends with an invalid PTE in
+ * current, TS and FLUSH_TLB (queued and not), SEND_INTERRUPTS with nothing to deliver.  Command line "bad" ends with an invalid PTE in
  * the ring, "badpgd" with an invalid PDE: both must die with the seed's text.
  * tests/host/test_core_native_exits.py runs it with native exits on and off and compares. */
 #include "lguest.h"
@@ -62,10 +62,17 @@ int main(void)
             async_hcall(LHCALL_SET_PTE, (u32)pd, WINDOW + i * 4096, i ? pt2[i] : 0, 0);
         async_hcall(LHCALL_SET_PGD, (u32)other_pd, 2, 0, 0);    /* not the current table: nothing */
         async_hcall(LHCALL_SET_PGD, (u32)pd, 1023, 0, 0);       /* the switcher's slot: nothing */
+        async_hcall(LHCALL_TS, round & 1, 0, 0, 0);
+        if (round % 3 == 0)
+            async_hcall(LHCALL_FLUSH_TLB, 1, 0, 0, 0);
         hcall(round & 1 ? LHCALL_FLUSH_ASYNC : LHCALL_SEND_INTERRUPTS, 0, 0, 0, 0);
         sum = sum * 3 + at(WINDOW);
     }
     print_hex("rounds", sum);
+    pt2[0] = (u32)page[1] | PTE_P | PTE_W;                  /* no SET_PTE: only a flush shows it */
+    hcall(LHCALL_TS, 0, 0, 0, 0);
+    hcall(LHCALL_FLUSH_TLB, 1, 0, 0, 0);
+    print_hex("after FLUSH_TLB", at(WINDOW));
     hcall(LHCALL_SET_PGD, (u32)pd, 2, 0, 0);                    /* synchronous, unchanged */
     print_hex("window2 again", at(WINDOW2));
 
