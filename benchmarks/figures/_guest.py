@@ -20,6 +20,7 @@ from unicorn.x86_const import UC_X86_REG_ESP
 
 from cuse_lguest import abi
 from cuse_lguest.core.contract import GuestFactory
+from cuse_lguest.cpu._native import ffi as _ffi
 from cuse_lguest.device import Device
 from cuse_lguest.testing import flatx86
 from cuse_lguest.testing.guestram import GuestRam, load_elf
@@ -80,6 +81,18 @@ class CoreBench:
 
     def irq(self, line: int) -> int:
         return self.write((abi.LHREQ_IRQ, line))
+
+    def irq_shortcut(self, line: int) -> int:
+        """LHREQ_IRQ as `serve` answers it: the transport's C call into the line the device offers.
+
+        0 when the line took it, -1 when it left it to Device.write (as the
+        transport would then do).
+        """
+        shortcut = self.device.irq_shortcut(self.transport.fh)
+        if shortcut is None:
+            return -1
+        inject = _ffi.cast("int (*)(void *, uint64_t)", shortcut.line.inject)   # cl_irq_fn
+        return inject(_ffi.cast("void *", shortcut.line.target), line)
 
     def _resume(self) -> None:
         got = self.transport.read(self.transport.word)

@@ -3,7 +3,7 @@
 The vCPU thread runs the Guest inside run().  Other threads only ever touch
 what is here: the pending-IRQ word, the interrupt request and the death
 slot, plus the stop flag that makes a running vCPU look at them (see
-cpu/stopper.py) and an eventfd that wakes a halted one.  That is the whole
+cpu/stopper.py) and a pipe that wakes a halted one.  That is the whole
 concurrency story: LHREQ_IRQ, the timer and the device's interrupt() all
 reduce to "change state, then kick".
 
@@ -161,18 +161,15 @@ class LguestGuest:
     def sleep_while_halted(self, vcpu: VCpu) -> None:
         """HALT: sleep until an unblocked IRQ is pending or the device wants the vCPU back.
 
-        Kicks post the eventfd only while the line says we sleep, and we say
-        so before we look; a change that lands between the look and the read
-        leaves a post behind, so the read returns at once and we look again.
+        The whole sleep is C (IrqLine.sleep): kicks post the pipe only while
+        the line says we sleep, and we say so before we look; a change that
+        lands between the look and the read leaves a post behind, so the read
+        returns at once and we look again.  The look reads the Guest's
+        blocked_interrupts word in place, so it is bounds-checked here once.
         """
         blocked_at = vcpu.ld.gpa + abi.LGUEST_DATA_BLOCKED_INTERRUPTS
-        line = self.irq_line
-        line.sleeping(True)               # before the look: see cpu/_native_build.py
-        try:
-            while not (line.interrupt_requested or line.pending & ~self.memory.read_u32(blocked_at)):
-                line.wait()
-        finally:
-            line.sleeping(False)
+        self.memory.check_read(blocked_at, 4)
+        self.irq_line.sleep(self.memory.host_address + blocked_at)
 
     def set_clockevent(self, delta_ns: int) -> None:
         if delta_ns == 0:

@@ -168,13 +168,16 @@ class IrqLine:
         """The Guest died: from now on lg_irq_inject leaves every IRQ to Python."""
         self._state.sh.alive = 0
 
-    def sleeping(self, asleep: bool) -> None:
-        """vCPU thread: kicks write the pipe only between sleeping(True) and sleeping(False)."""
-        lib.lg_irq_sleeping(self._state, asleep)
+    def sleep(self, blocked_address: int) -> None:
+        """vCPU thread, HALT: sleep in C, without the GIL, until an interrupt is
+        requested or an IRQ is pending that the u32 at host address
+        `blocked_address` (lguest_data.blocked_interrupts) does not block.
 
-    def wait(self) -> None:
-        """vCPU thread: sleep, without the GIL, until the next kick (or return for old ones)."""
-        os.read(self._wait_fd, 64)
+        Kicks write the pipe only while this sleeps (cpu/_native_build.py).
+        """
+        err = lib.lg_irq_sleep(self._state, self._wait_fd, ffi.cast("uint32_t *", blocked_address))
+        if err:
+            raise OSError(-err, os.strerror(-err))
 
     def close(self) -> None:
         fds = (self._state.wake_fd, self._wait_fd)

@@ -29,6 +29,14 @@ call per IRQ costs the transport's fast path dearly under emulation.  Both
 sides store before they load (the vCPU `sleeping`, then the pending state;
 the kicker the pending state, then reads `sleeping`), each a sequentially
 consistent access, so at least one sees the other: no lost wake-up.
+A halted vCPU sleeps in lg_irq_sleep, entirely in C with the GIL released:
+it says it sleeps, then looks (an interrupt request, or a pending IRQ the
+Guest's blocked_interrupts word leaves through), and reads the pipe only
+while there is nothing to do.  A post left over from a kick during the run
+makes the read return at once and it looks again, without Python.  The
+thread comes back to Python once, with work to do: the Python loop it
+replaces took the GIL after every read and ran the look and the flag store
+in bytecode before it could go on (measured: 6-12 us of the halted IRQ path).
 A launcher's IRQ marks `from_launcher` *before* its pending bit: whoever sees
 the bit and then exchanges the mark is sure to find it, so the memory sync
 point that goes with an LHREQ_IRQ (mirror mode) is never skipped.
@@ -85,6 +93,7 @@ ffibuilder.cdef("""
         int wake_fd;                      /* what this process writes to wake a halted vCPU; -1 once closed */
     };
     void lg_irq_sleeping(struct lg_irqs *s, int sleeping);
+    int lg_irq_sleep(struct lg_irqs *s, int wait_fd, const volatile uint32_t *blocked);
     void lg_irq_raise(struct lg_irqs *s, uint32_t bits, int from_launcher);
     int lg_irq_inject(void *irqs, uint64_t irq);
     void lg_irq_kick(struct lg_irqs *s);
@@ -160,6 +169,23 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
         /* A non-blocking pipe: when it is full a wake-up is pending anyway. */
         if (s->wake_fd >= 0 && write(s->wake_fd, &one, sizeof one) < 0) {
         }
+    }
+    /* HALT: until an interrupt is requested or an IRQ that *blocked leaves
+     * through is pending.  0, or -errno when the pipe cannot be read. */
+    int lg_irq_sleep(struct lg_irqs *s, int wait_fd, const volatile uint32_t *blocked)
+    {
+        char posts[64];
+        int res = 0;
+        lg_irq_sleeping(s, 1);          /* before the look: see the module docstring */
+        while (!__atomic_load_n(&s->sh->interrupt, __ATOMIC_SEQ_CST)
+               && !(__atomic_load_n(&s->sh->pending, __ATOMIC_SEQ_CST) & ~*blocked)) {
+            if (read(wait_fd, posts, sizeof posts) < 0 && errno != EINTR) {
+                res = -errno;
+                break;
+            }
+        }
+        lg_irq_sleeping(s, 0);
+        return res;
     }
     void lg_irq_raise(struct lg_irqs *s, uint32_t bits, int from_launcher)
     {
