@@ -66,8 +66,8 @@ Why a little C lives here instead of Python:
   we acknowledge; the server tracks it (positions.py) and tells each shortcut
   which offset means vCPU 0 (its `origin`; always 0 through CUSE).
 
-FUSE_USE_VERSION is 312 ("3.12"), never 35 ("3.5"): 35 routes
-fuse_session_loop_mt to the old loop-config ABI (see the lab README gotcha 1).
+FUSE_USE_VERSION is 312 ("3.12"): fuse_session_custom_io, through which
+every read is guarded, first came with 3.12.
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 Importing `_fuse_cffi` can fail for reasons a user can fix (the extension was
 never built, libfuse3 is not installed) and the loaded libfuse can be too old
-for the loop ABI we compiled against.  Every such failure becomes
+for the session API we compiled against.  Every such failure becomes
 `TransportUnavailable`, whose message is one sentence fit for stderr.
 """
 from __future__ import annotations
 
-MIN_FUSE_VERSION = 312  # fuse_session_loop_mt's 3.12 config ABI; see _build.py
+MIN_FUSE_VERSION = 312  # fuse_session_custom_io, our guarded read, is 3.12; see _build.py
 
 
 class TransportUnavailable(Exception):
