@@ -29,9 +29,11 @@ mirror always shows the launcher that flag cleared (rings.py): so every used
 buffer reaches our copy at the LHREQ_IRQ that follows it, even for a Guest
 that polls its used ring with interrupts off (the IRQ's sync point runs when
 the line is raised, not when the Guest takes it).  Looking at the launcher's
-used rings at exits as well only showed a batch a little earlier, and a Linux
-Guest exits at every system call: even throttled to once a millisecond those
-looks were about a tenth of the mirror's cost in a cold md5sum of /dev/vda.
+used rings at exits as well only showed a batch a little earlier, and it was
+costly: a Linux Guest exits at every system call, so even throttled to once a
+millisecond the looks and their timing took about 50 ms of a 1.5 s cold
+md5sum of /dev/vda, and a memory that works at exits keeps the vCPU's native
+exit path off (core/vcpu.py), which sent every system call through Python.
 
 The launcher's device page is found the way the Guest finds it: right above
 RAM, whose size is the zero page's single e820 entry (spec §2.4, §2.6),
