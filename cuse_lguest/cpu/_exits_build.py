@@ -160,6 +160,8 @@ _CDEF = """
         uint64_t handled;               /* exits C delivered (tests look) */
     };
     void lg_intr_hook(void *uc, uint32_t intno, void *user_data);
+    int lg_pgd_copy(const uint8_t *ram, uint64_t limit, uint64_t pfnlimit, uint32_t pgd_gpa,
+                    uint32_t *host_pd, uint32_t slots, uint32_t switcher_pde);
 """ % abi.IDT_ENTRIES
 
 _SOURCE = r"""
@@ -274,6 +276,32 @@ _SOURCE = r"""
         if (!x->paging || index >= x->switcher_slot)
             return 1;
         return lg_guest_pde(x, index, &entry) && x->host_pd[index] == entry;
+    }
+
+    /* PageDirectoryMirror.load's copy and check, for NEW_PGTABLE (a Linux task
+     * switch): 0 when done, 1 when the Guest's page lies outside RAM, 2 when
+     * one of its entries is bad.  Nothing is written unless every entry is good. */
+    int lg_pgd_copy(const uint8_t *ram, uint64_t limit, uint64_t pfnlimit, uint32_t pgd_gpa,
+                    uint32_t *host_pd, uint32_t slots, uint32_t switcher_pde)
+    {
+        uint32_t copy[LG_PTRS_PER_PGD];
+        uint64_t at = pgd_gpa & LG_FRAME;
+        if (slots >= LG_PTRS_PER_PGD || at + 4 * LG_PTRS_PER_PGD > limit)
+            return 1;
+        memcpy(copy, ram + at, 4 * slots);
+        for (uint32_t i = 0; i < slots; i++) {
+            uint32_t e = copy[i];
+            if (!(e & LG_PTE_PRESENT)) {
+                copy[i] = 0;
+                continue;
+            }
+            if ((e & 0xFFF & ~LG_PGD_ALLOWED) || (e >> 12) >= pfnlimit)
+                return 2;
+            copy[i] = e | LG_PTE_ACCESSED;
+        }
+        copy[slots] = switcher_pde;
+        memcpy(host_pd, copy, 4 * (slots + 1));
+        return 0;
     }
 
     static void lg_set_segment(struct lg_exits *x, uint32_t index, uint32_t selector, uint64_t desc)

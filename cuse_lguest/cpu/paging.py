@@ -14,15 +14,15 @@ and virtual = guest-physical.
 """
 from __future__ import annotations
 
-import struct
-
 from cuse_lguest import abi
+from cuse_lguest.cpu._exits import ffi as _ffi
+from cuse_lguest.cpu._exits import lib as _lib
 from cuse_lguest.cpu.switcher import PD_ADDR, SWITCHER_PDE_INDEX, SwitcherRegion
 from cuse_lguest.memory.errors import GuestFault
 from cuse_lguest.memory.guest_memory import GuestMemory
 
-_PGD = struct.Struct(f"<{abi.PTRS_PER_PGD}I")
 _FRAME = 0xFFFFF000
+_pgd_copy = _lib.lg_pgd_copy
 
 
 class PageDirectoryMirror:
@@ -31,6 +31,7 @@ class PageDirectoryMirror:
     def __init__(self, memory: GuestMemory, region: SwitcherRegion) -> None:
         self._mem = memory
         self._region = region
+        self._host_pd = _ffi.cast("uint32_t *", region.host_address(PD_ADDR))
         self.guest_pgd: int | None = None     # gpa of the Guest's current top level; None = linear mode
 
     @property
@@ -46,11 +47,17 @@ class PageDirectoryMirror:
         return entry | abi.PTE_ACCESSED
 
     def load(self, pgd_gpa: int) -> None:
-        """NEW_PGTABLE: copy and check every Guest entry below the switcher slot."""
-        entries = _PGD.unpack(self._mem.read_bytes(pgd_gpa & _FRAME, abi.PAGE_SIZE))
-        copy = [self._checked(e) for e in entries[:SWITCHER_PDE_INDEX]]
-        copy.append(self._region.switcher_pde)
-        self._region.write_bytes(PD_ADDR, _PGD.pack(*copy))
+        """NEW_PGTABLE: copy and check every Guest entry below the switcher slot.
+
+        A Linux Guest does this at every task switch, so the copy is done in
+        C (lg_pgd_copy): the checks of _checked, and nothing written unless
+        every entry passes.
+        """
+        mem = self._mem
+        mem.check_read(pgd_gpa & _FRAME, abi.PAGE_SIZE)      # a page outside Guest RAM: the seed's text
+        if _pgd_copy(_ffi.cast("uint8_t *", mem.host_address), mem.limit, mem.pfnlimit, pgd_gpa,
+                     self._host_pd, SWITCHER_PDE_INDEX, self._region.switcher_pde):
+            raise GuestFault("bad page directory entry")
         self.guest_pgd = pgd_gpa & _FRAME
 
     def sync(self, index: int) -> bool:
