@@ -385,6 +385,10 @@ class Device:
         if len(f.eventfds) >= self.accounts.limits.eventfds_per_guest:
             return -errno.ENOMEM          # the seed's table growth failing
         try:
+            # Look before we take: a copy of anything else would have to be closed here,
+            # and closing a file on the caller's own FUSE mount can wait for ever (procs.py).
+            if not procs.names_eventfd(tid, fd):
+                return -errno.EINVAL
             ours = procs.duplicate_fd(tid, fd)
         except OSError as e:
             if e.errno in (errno.EBADF, errno.ESRCH):   # closed fd, or the caller is gone
@@ -392,7 +396,7 @@ class Device:
             log.warning("LHREQ_EVENTFD: cannot copy fd %d from task %d: %s", fd, tid, e)
             return -(e.errno or errno.EBADF)
         if not procs.is_eventfd(ours):
-            os.close(ours)
+            procs.discard(ours)           # swapped by another of the caller's threads meanwhile
             return -errno.EINVAL
         f.eventfds.register(addr, ours)
         # A Guest in another process signals its eventfds itself: it gets a copy.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import queue
+import threading
 
 import psutil
 from elftools.common.exceptions import ELFError
@@ -73,12 +75,61 @@ def duplicate_fd(tid: int, fd: int) -> int:
         os.close(pidfd)
 
 
+_EVENTFD_LINK = "anon_inode:[eventfd]"
+
+
 def is_eventfd(fd: int) -> bool:
     """True if our descriptor `fd` is an eventfd (the kernel names its inode that way)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+        return os.readlink(f"/proc/self/fd/{fd}") == _EVENTFD_LINK
     except OSError:
         return False
+
+
+def names_eventfd(tid: int, fd: int) -> bool:
+    """True if descriptor `fd` of the process thread `tid` belongs to is an eventfd.
+
+    Asked *before* duplicate_fd(), because a copy of anything else must then be
+    closed, and close() is not harmless: on a file of the caller's own FUSE
+    mount every close() waits for its filesystem's answer to FLUSH, which it
+    need never give.  Reading the link touches nothing of the file.  Raises
+    OSError: EBADF for a closed fd, ESRCH when the process is gone.
+    """
+    if not 0 <= fd <= 0x7FFFFFFF:
+        raise OSError(errno.EBADF, f"fd {fd} is out of range")
+    try:
+        return os.readlink(f"/proc/{tgid_of(tid)}/fd/{fd}") == _EVENTFD_LINK
+    except FileNotFoundError:
+        raise OSError(errno.EBADF, f"fd {fd} of task {tid} is not open") from None
+
+
+_strays: queue.SimpleQueue[int] = queue.SimpleQueue()
+_strays_lock = threading.Lock()
+_strays_closer: threading.Thread | None = None
+
+
+def _close_strays() -> None:
+    while True:
+        fd = _strays.get()
+        try:
+            os.close(fd)
+        except OSError:
+            pass                # e.g. ECONNABORTED: its filesystem went away meanwhile
+
+
+def discard(fd: int) -> None:
+    """Close our copy `fd` of a caller's file on a thread that may wait, never on the caller's.
+
+    For the copy that names_eventfd() said was an eventfd but was not by the
+    time we took it (the caller swapped it in between): its close() may wait
+    for ever (see names_eventfd), and it must hold no thread that serves requests.
+    """
+    global _strays_closer
+    with _strays_lock:
+        if _strays_closer is None:
+            _strays_closer = threading.Thread(target=_close_strays, name="stray-fds", daemon=True)
+            _strays_closer.start()
+    _strays.put(fd)
 
 
 def describe(pid: int) -> str:

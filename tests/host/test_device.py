@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -413,3 +416,64 @@ def test_default_word_size_comes_from_the_callers_elf_class():
     fh = dev.open()
     assert dev.write(TID, fh, 0, struct.pack("<4I", 0, 1, 2, 3)) == -errno.EFAULT
     assert dev.write(TID, fh, 0, struct.pack("<4Q", 0, 1, 2, 3)) == 24
+
+
+@pytest.fixture
+def unflushed_fuse_file(tmp_path):
+    """An open fd on a FUSE file (the caller's own mount) whose FLUSH is never answered.
+
+    Every close() of such a file, by anyone holding a copy, waits in the kernel
+    for that answer: a hostile user's way to hold whoever closes it.  Killing
+    the filesystem at the end aborts the connection, so nothing stays stuck.
+    """
+    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs fusermount3 and /dev/fuse")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "kernel"))
+    import blocking_fuse
+    path = str(tmp_path / "f")
+    open(path, "w").close()
+    conn = blocking_fuse.mount(path)
+    server = os.fork()
+    if server == 0:
+        try:
+            blocking_fuse.serve(conn, 4096, never=(blocking_fuse.FLUSH,))
+        finally:
+            os._exit(0)
+    os.close(conn)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.kill(server, signal.SIGKILL)
+        os.waitpid(server, 0)
+        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        try:
+            os.close(fd)
+        except OSError:
+            pass                # ECONNABORTED: its filesystem is gone
+
+
+def test_eventfd_of_a_file_whose_close_never_ends_is_refused_without_closing_it(h, unflushed_fuse_file):
+    """A service worker must never close() a copy of a caller's non-eventfd: on the caller's FUSE
+    file that close waits for the caller's filesystem for ever (FUSE_FLUSH), and a few such
+    LHREQ_EVENTFDs would hold every worker of the service."""
+    h.init()
+    out = []
+    t = threading.Thread(target=lambda: out.append(h.write(abi.LHREQ_EVENTFD, 0x4001000, unflushed_fuse_file)),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert out == [-errno.EINVAL], "LHREQ_EVENTFD waited on the caller's filesystem"
+
+
+def test_a_file_swapped_in_after_the_look_is_closed_off_the_request(h, unflushed_fuse_file, monkeypatch):
+    """The caller may dup2() another file over the eventfd between our look and our copy: that copy
+    is still refused, and closed where its close() may wait."""
+    h.init()
+    monkeypatch.setattr("cuse_lguest.procs.names_eventfd", lambda tid, fd: True)
+    out = []
+    t = threading.Thread(target=lambda: out.append(h.write(abi.LHREQ_EVENTFD, 0x4001000, unflushed_fuse_file)),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    assert out == [-errno.EINVAL], "LHREQ_EVENTFD waited on the caller's filesystem"

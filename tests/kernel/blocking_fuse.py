@@ -69,11 +69,12 @@ def _answer(opcode: int, body: bytes, size: int) -> bytes | None:
     return None
 
 
-def serve(fd: int, size: int, on_read=None) -> None:
+def serve(fd: int, size: int, on_read=None, never: tuple[int, ...] = ()) -> None:
     """Answer the FUSE connection `fd` as one file of `size` bytes whose READs never end.
 
-    `on_read()` is called on the first READ.  Returns when the connection goes
-    (unmounted: ENODEV).
+    `on_read()` is called on the first READ.  Opcodes in `never` (FLUSH: every
+    close() of the file, by anyone) are never answered either.  Returns when
+    the connection goes (unmounted: ENODEV).
     """
     told = False
     while True:
@@ -86,7 +87,7 @@ def serve(fd: int, size: int, on_read=None) -> None:
                 continue
             raise
         length, opcode, unique, _node, _uid, _gid, _pid, _ext, _pad = IN_HEADER.unpack_from(request)
-        if opcode in NO_ANSWER:
+        if opcode in NO_ANSWER or opcode in never:
             if opcode == READ and not told and on_read is not None:
                 told = True
                 on_read()
