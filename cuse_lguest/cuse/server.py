@@ -189,17 +189,20 @@ class Server:
         if len(data) > self.session.max_write:   # the C guard refuses these first
             req.reply_err(errno.EINVAL)
             return
+        vcpu, plain = self._vcpu(fh, offset)
+        initialize = data[:4] == _INITIALIZE
         with self._lock:
+            # One step: an INITIALIZE that shutdown has not seen here is one that
+            # shutdown answers, never one whose thread answers a freed session.
             known = fh in self._runners and not self._closing
+            if known and initialize:
+                self._initializing.add(req)
         if not known:
             req.reply_err(errno.EBADF)
             return
-        vcpu, plain = self._vcpu(fh, offset)
-        if data[:4] != _INITIALIZE:
+        if not initialize:
             self._write(req, tid, fh, offset, data, vcpu, plain, req.caller())
             return
-        with self._lock:
-            self._initializing.add(req)
         threading.Thread(target=self._write, args=(req, tid, fh, offset, data, vcpu, plain, req.caller()),
                          name=f"initialize-fh{fh}", daemon=True).start()
 

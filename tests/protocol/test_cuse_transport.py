@@ -213,3 +213,46 @@ def test_the_peer_closing_ends_the_server_cleanly(serve):
     assert s.server.finished.wait(5), "the loop did not end when the peer went away"
     assert s.server.shutdown() == 0
     assert cuse_guest_double.made[0].destroyed
+
+
+def test_an_initialize_that_meets_shutdown_is_never_answered_after_the_session_is_freed(serve, monkeypatch):
+    """An INITIALIZE checked in just before shutdown began must not get a thread that answers it
+    once the session is gone: an answer to a freed session is a use after free in the root service."""
+    from cuse_lguest.cuse import session as session_module
+    s = serve()
+    fh = s.peer.open()
+    server = s.server
+    real_vcpu = server._vcpu
+
+    def vcpu_after_shutdown_began(fh, offset):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with server._lock:
+                if server._closing:
+                    break
+            time.sleep(0.01)
+        return real_vcpu(fh, offset)
+
+    def write_once_freed(*args, **kwargs):      # the INITIALIZE thread, if there is one
+        server.session.finished.wait(5)
+        time.sleep(0.1)
+        return -errno.EBADF
+    late: list[str] = []
+    originals = {name: getattr(session_module.Request, name) for name in ("reply_err", "reply_write")}
+
+    def guarded(name):
+        def reply(self, *args):
+            if server.session._se == session_module.ffi.NULL:
+                late.append(name)               # never reach libfuse: that would be the use after free
+                return False
+            return originals[name](self, *args)
+        return reply
+    for name in originals:
+        monkeypatch.setattr(session_module.Request, name, guarded(name))
+    monkeypatch.setattr(server, "_vcpu", vcpu_after_shutdown_began)
+    monkeypatch.setattr(server.device, "write", write_once_freed)
+    s.peer.write(fh, INITIALIZE)
+    time.sleep(0.1)                             # the worker is in _vcpu, past the liveness check
+    assert server.shutdown() == 0
+    time.sleep(0.5)                             # the INITIALIZE thread, if any, has answered by now
+    assert late == []
