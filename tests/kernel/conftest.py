@@ -268,7 +268,9 @@ def kernel_run(request: pytest.FixtureRequest, transport: str, native_build: pat
     if transport == "cuse":
         command_line = " ".join(command + ["--only", *wanted])
         kit = {var: os.environ[var] for var in LINUX_VARS if var in os.environ}    # the Linux scenarios' files
-        result = vm.run(command_line, vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, env=kit), on_line=progress)
+        # tun: the Linux net scenarios give their launcher a tap (/dev/net/tun), and the VM loads no module unasked.
+        opts = vm.VMOptions(scratch=scratch, timeout=VM_TIMEOUT, env=kit, modules=("cuse", "tun"))
+        result = vm.run(command_line, opts, on_line=progress)
     else:
         # Another user opens the node in the permission scenarios: the directory must be
         # searchable by everyone, which pytest's own temporary directories are not.
