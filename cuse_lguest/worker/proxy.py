@@ -79,9 +79,13 @@ class WorkerGuest:
                    "memory": memory.description(), "stats": params.stats_fd is not None}
         stats = [] if params.stats_fd is None else [params.stats_fd]
         try:
-            self.pid, self._pidfd = zygote.spawn(
-                request, [run_theirs.fileno(), ctl_theirs.fileno(), *handed, *stats, *memory.fds()])
-        except ZygoteGone as e:
+            self.pid, self._pidfd = zygote.spawn(request, [run_theirs.fileno(), ctl_theirs.fileno(),
+                                                           *handed, *stats])
+            # The launcher's memory goes straight to its worker, never through the zygote:
+            # closing a copy of a file can wait for ever (a member's own FUSE file never
+            # answers FLUSH), and the zygote serves every launch.
+            channel.send(self._ctl, {"op": "memory"}, memory.fds())
+        except (ZygoteGone, channel.PeerGone) as e:
             self._close_ends()
             self.irq_line.close()
             raise GuestSetupError(errno.EAGAIN, f"no worker process: {e}") from None

@@ -51,7 +51,6 @@ def main(request: dict, fds: list[int], zygote: int) -> None:
     run_fd, ctl_fd, *rest = fds
     line_fds, rest = rest[:3], rest[3:]
     stats_fd = rest.pop(0) if request["stats"] else None
-    memory_fds = rest
     guest_bytes = int(request["pfnlimit"]) * 4096
     confine.limit(confine.address_space_for(int(request["translation_buffer"]), guest_bytes))
     confine.become(confine.Identity(int(request["uid"]), int(request["gid"]),
@@ -61,6 +60,7 @@ def main(request: dict, fds: list[int], zygote: int) -> None:
     run_sock = socket.socket(fileno=run_fd)
     ctl_sock = socket.socket(fileno=ctl_fd)
     table = EventfdTable()
+    _, memory_fds = channel.recv(ctl_sock)      # from the front end itself (proxy.py says why)
     guest = _build(request, line_fds, stats_fd, memory_fds, ctl_sock, table)
     if guest is None:
         os._exit(0)

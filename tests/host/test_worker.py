@@ -12,6 +12,8 @@ import ctypes
 import errno
 import mmap
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,3 +264,54 @@ def test_a_worker_that_will_not_go_is_killed(tinyguest_elf, workers):
     run.finish()
     _wait(lambda: not os.path.exists(f"/proc/{pid}"), "the stopped worker to be killed and reaped", 15)
     assert pid not in _children(workers.zygote.pid)
+
+
+def test_guest_ram_on_a_file_whose_close_never_ends_holds_no_other_launch(tinyguest_elf, tmp_path):
+    """Guest RAM shared with a FUSE file whose FLUSH is never answered (a member's own mount, where
+    fusermount3 may give it allow_other): every close() of a copy of that file waits for ever.  The
+    zygote serves every launch, so it must never hold such a copy: another launcher's Guest is
+    still made."""
+    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs fusermount3 and /dev/fuse")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "kernel"))
+    import blocking_fuse
+    path = str(tmp_path / "ram")
+    open(path, "w").close()
+    conn = blocking_fuse.mount(path)
+    server = os.fork()
+    if server == 0:
+        try:
+            blocking_fuse.serve(conn, RAM, never=(blocking_fuse.FLUSH,))
+        finally:
+            os._exit(0)
+    os.close(conn)
+    workers = WorkerFactory()          # a zygote of its own: the old code leaves it stuck until the end
+    made: dict[str, object] = {}
+
+    def launch(which: str, base: int, start: int) -> None:
+        try:
+            made[which] = workers(_params(os.getpid(), base, start))
+        except Exception as e:         # noqa: BLE001  (reported through `made`)
+            made[which] = e
+    try:
+        ram = os.open(path, os.O_RDWR)
+        os.fstat(ram)                  # the size, from GETATTR
+        slow = mmap.mmap(ram, RAM, mmap.MAP_SHARED)
+        slow_base = ctypes.addressof(ctypes.c_char.from_buffer(slow))
+        threading.Thread(target=launch, args=("slow", slow_base, 0x100000), daemon=True).start()
+        time.sleep(2)                  # its spawn reached the zygote
+        fd, buf, start = _memfd_guest(tinyguest_elf, "test=halt")
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        other = threading.Thread(target=launch, args=("other", base, start), daemon=True)
+        other.start()
+        other.join(30)
+        assert isinstance(made.get("other"), WorkerGuest), f"the other launch: {made.get('other', 'waiting')}"
+        made["other"].destroy()
+    finally:
+        os.kill(server, signal.SIGKILL)      # aborts the connection: every waiting close() returns
+        os.waitpid(server, 0)
+        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        time.sleep(1)
+        if isinstance(made.get("slow"), WorkerGuest):
+            made["slow"].destroy()
+        workers.close()
