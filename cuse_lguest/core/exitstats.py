@@ -35,8 +35,7 @@ ASYNC = HCALL + HCALL_SLOTS  # + call number: drained from the async ring (its t
 IRQ = ASYNC + HCALL_SLOTS  # + IRQ number: an interrupt delivered to the Guest's handler (count only)
 TIMER_TICK = IRQ + 32      # the clock event fired (count only)
 SYNC_RUN_ENTRY = TIMER_TICK + 1   # memory sync points that do work (mirror mode)
-SYNC_EXIT = SYNC_RUN_ENTRY + 1
-SYNC_IRQ = SYNC_EXIT + 1
+SYNC_IRQ = SYNC_RUN_ENTRY + 1
 SYNC_NOTIFY = SYNC_IRQ + 1
 EMU = SYNC_NOTIFY + 1      # emu_start calls: time inside Unicorn, exits included
 RUN = EMU + 1              # Guest.run() calls: all of it
@@ -48,7 +47,7 @@ _NAME_LEN = lib.LG_STAT_NAME
 _TRAP_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
                10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
                19: "#XM", abi.SYSCALL_VECTOR: "system call"}
-_MISC_NAMES = {TIMER_TICK: "timer tick", SYNC_RUN_ENTRY: "sync: run entry", SYNC_EXIT: "sync: exit",
+_MISC_NAMES = {TIMER_TICK: "timer tick", SYNC_RUN_ENTRY: "sync: run entry",
                SYNC_IRQ: "sync: LHREQ_IRQ", SYNC_NOTIFY: "sync: notify", EMU: "inside Unicorn (emu_start)",
                RUN: "run() (all host time)", HALT_SLEEP: "asleep in HALT"}
 

@@ -59,7 +59,6 @@ class VCpu:
         self._stats_ptr = stats.native
         # The memory sync points, timed only where this memory does something at them.
         self._at_run_entry = self._timed_sync(exitstats.SYNC_RUN_ENTRY, "at_run_entry")
-        self._at_exit = self._timed_sync(exitstats.SYNC_EXIT, "at_exit")
         self._before_notify = self._timed_sync(exitstats.SYNC_NOTIFY, "before_notify")
         self.sync_on_irq = self._timed_sync(exitstats.SYNC_IRQ, "on_irq")
         self._slept_ns = 0
@@ -85,9 +84,7 @@ class VCpu:
         self.exits = self.machine.exits
         self.exits.connect(line.word_addresses(), stats.slot_arrays(),
                            (exitstats.TRAP, exitstats.HCALL, exitstats.ASYNC, exitstats.HCALL_SLOTS))
-        # C finishes an exit without the memory's exit sync point, so only
-        # where that point does nothing (shared memory; mirror mode polls there).
-        self.exits.enabled = exits.wanted() and type(memory).at_exit is GuestMemory.at_exit
+        self.exits.enabled = exits.wanted()
 
     # ---- the loop -------------------------------------------------------------
     def run(self) -> tuple[RunExit, int]:
@@ -116,9 +113,6 @@ class VCpu:
             entered = perf_counter_ns()
             err = self.machine.enter()
             _stat_add(self._stats_ptr, exitstats.EMU, perf_counter_ns() - entered)
-            leave = self._guarded(self._at_exit)
-            if leave is not None:
-                return leave
             if err in _MEMORY_ERRORS:
                 self.guest.kill("bad page table entry")
             elif err:
@@ -217,7 +211,6 @@ class VCpu:
                     interrupts.software_interrupt(self, vector, eip, cpl)
                 else:
                     interrupts.hardware_trap(self, vector, err, eip)
-            self._at_exit()
             self._leave = self._service()
             while self._leave is None and self.halted:
                 self._leave = self._sleep_then_service()

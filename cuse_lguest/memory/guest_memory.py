@@ -16,9 +16,10 @@ launcher's MAP_PRIVATE RAM, overrides them.  The core calls them at:
                         push what the launcher is about to read
   on_irq()              when the vCPU takes an LHREQ_IRQ it was sent: pull
                         what the device wrote (used rings, buffers, config)
-  at_exit()             at every Guest exit (mirror mode does nothing here:
-                        everything the launcher writes is followed by an
-                        LHREQ_IRQ, see mirror.py)
+
+There is no sync point at Guest exits: everything a launcher writes is
+followed by an LHREQ_IRQ (see mirror.py), and a Linux Guest exits at every
+system call, which the native exits (cpu/exits.py) finish without Python.
 """
 from __future__ import annotations
 
@@ -100,9 +101,6 @@ class GuestMemory:
 
     def on_irq(self) -> None:
         """The vCPU is taking an LHREQ_IRQ the launcher sent."""
-
-    def at_exit(self) -> None:
-        """The Guest just left emulation (any trap, hypercall or stop)."""
 
     # ---- lifetime -----------------------------------------------------
     def _release_view(self) -> None:
