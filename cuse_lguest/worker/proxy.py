@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import signal
 import threading
 
@@ -37,6 +38,10 @@ from cuse_lguest.worker.zygote import Zygote, ZygoteGone
 log = logging.getLogger("cuse_lguest.worker")
 
 REAP_WAIT = 5.0          # seconds to wait for the zygote's word that a dead worker was reaped
+# Seconds LHREQ_EVENTFD waits for the worker to take its copy of the eventfd.  The
+# launcher may SIGSTOP its own worker (same uid), and the wait holds a libfuse worker
+# thread: it must end.  A worker that let it end in vain is never waited for again.
+ACK_WAIT = 5.0
 
 
 def describe_end(status: int | None) -> str:
@@ -64,6 +69,7 @@ class WorkerGuest:
         self._destroyed = False
         self._death: str | int | None = None
         self._reaped = False
+        self._ctl_stalled = False     # the worker once failed to answer within ACK_WAIT
         try:
             who = Identity.of_process(params.pid)
         except (ProcessLookupError, KeyError, ValueError):
@@ -146,7 +152,14 @@ class WorkerGuest:
                 return
             try:
                 channel.send(self._ctl, {"op": "eventfd", "value": value}, [fd])
-                channel.recv(self._ctl)
+                if self._ctl_stalled:
+                    return
+                if select.select([self._ctl], [], [], ACK_WAIT)[0]:
+                    channel.recv(self._ctl)
+                else:
+                    self._ctl_stalled = True
+                    log.warning("guest %s: worker %d did not take an eventfd within %.0f s (stopped?); "
+                                "its eventfds are no longer waited for", self.name, self.pid, ACK_WAIT)
             except (channel.PeerGone, OSError):
                 pass          # the worker is gone: its death reaches the launcher's next read
 

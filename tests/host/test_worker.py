@@ -315,3 +315,28 @@ def test_guest_ram_on_a_file_whose_close_never_ends_holds_no_other_launch(tinygu
         if isinstance(made.get("slow"), WorkerGuest):
             made["slow"].destroy()
         workers.close()
+
+
+def test_a_stopped_worker_holds_an_lhreq_eventfd_for_a_bounded_time_once(tinyguest_elf, workers):
+    """The launcher may SIGSTOP its worker (same uid).  LHREQ_EVENTFD waits for the worker to take
+    its copy, on a libfuse worker thread: that wait must end, or a few such writes hold every thread
+    that serves requests, of every user.  After one wait in vain, later ones do not wait at all."""
+    fd, buf, start = _memfd_guest(tinyguest_elf, "test=halt")
+    guest = workers(_params(os.getpid(), ctypes.addressof(ctypes.c_char.from_buffer(buf)), start))
+    efds = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(3)]
+    os.kill(guest.pid, signal.SIGSTOP)
+    try:
+        calls = [threading.Thread(target=guest.eventfd_added, args=(0x1000 * (i + 1), efd), daemon=True)
+                 for i, efd in enumerate(efds)]
+        for t in calls:
+            t.start()
+        deadline = time.monotonic() + 30
+        for t in calls:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in calls), "LHREQ_EVENTFD still waits on a stopped worker"
+    finally:
+        os.kill(guest.pid, signal.SIGCONT)
+        guest.destroy()
+        for efd in efds:
+            os.close(efd)
+        os.close(fd)
