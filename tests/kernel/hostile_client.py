@@ -34,6 +34,9 @@ service answered; the driver (root) looks at files and the service itself.
                        filesystem (finding 5)
   quick                INITIALIZE a guest and send it LHREQ_IRQs, each bounded by
                        WAIT_S: another user's, beside slow-memory (finding 5)
+  unflushed-eventfd    a live guest, then LHREQ_EVENTFD from 24 threads at once with an fd on a file of this
+                       user's own FUSE mount that never answers FLUSH; then a second guest and its
+                       LHREQ_IRQs (the service's threads must all be free)
   userns               open files until refused and hold them; then a child makes
                        a user namespace, prints `unshared PID`, waits for a line on
                        stdin (the driver maps subordinate ids into it, as newuidmap
@@ -442,6 +445,44 @@ def quick() -> dict:
     return out
 
 
+def unflushed_eventfd(count: int = 24) -> dict:
+    """A close() of any copy of our FUSE file waits for ever: the service must never close one on a
+    thread that serves requests.  Each attempt and the second guest are bounded by WAIT_S."""
+    where = tempfile.mkdtemp(prefix="hostile-flush-")
+    path = os.path.join(where, "f")
+    open(path, "w").close()
+    conn = blocking_fuse.mount(path)
+    server = os.fork()
+    if server == 0:
+        try:
+            blocking_fuse.serve(conn, PAGE, never=(blocking_fuse.FLUSH,))
+        finally:
+            os._exit(0)
+    os.close(conn)
+    stuck = os.open(path, os.O_RDONLY)
+    buf, base = shared_ram()
+    load(buf, LGUEST_INIT + SPIN)
+    fd = os.open(NODE, os.O_RDWR)
+    out: dict = {"initialize": initialize(fd, base)}
+    results = ["BLOCKED"] * count
+
+    def one(i: int) -> None:
+        # pwrite: a plain write() holds the file's position lock, and only one would reach the service.
+        results[i] = attempt(lambda: os.pwrite(fd, words(abi.LHREQ_EVENTFD, NOTIFY_VALUE + 8 * i, stuck), 0))
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + WAIT_S
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    out["eventfd"] = results
+    out["second"] = quick()
+    os.kill(server, signal.SIGKILL)             # aborts the connection: any waiting close() returns
+    os.waitpid(server, 0)
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    return out
+
+
 def userns() -> dict:
     """One user's share of open files, then the same user again as a subordinate uid."""
     out: dict = {}
@@ -482,7 +523,8 @@ def userns() -> dict:
 
 COMMANDS = {"limits": limits, "full-eventfd": full_eventfd, "switcher": switcher, "devpage": devpage,
             "caps-hold": caps_hold, "caps-second": caps_second, "mirror-budget": mirror_budget,
-            "slow-memory": slow_memory, "quick": quick, "userns": userns}
+            "slow-memory": slow_memory, "quick": quick, "userns": userns,
+            "unflushed-eventfd": unflushed_eventfd}
 
 
 def main() -> int:

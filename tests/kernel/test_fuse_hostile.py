@@ -6,6 +6,7 @@ member of `kvm` could.  No VM: FUSE is in every kernel.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import select
@@ -22,6 +23,7 @@ from cuse_lguest import children
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 AIO_CLIENT = pathlib.Path(__file__).with_name("aio_client.py")
+HOSTILE_CLIENT = pathlib.Path(__file__).with_name("hostile_client.py")
 NOBODY = 65534
 MOUNT_WAIT_S = 60
 STOPPED_FOR_S = 5       # how long io_submit() gets to return while the service is stopped
@@ -107,3 +109,21 @@ def test_async_direct_write_is_answered_while_its_caller_waits(fuse_service):
     assert early == "", f"io_submit returned while the service was stopped: {early!r}"
     assert "result EFAULT" in rest, rest
     assert proc.poll() is None, "the service died of a SIGSTOP/SIGCONT"
+
+
+def test_an_eventfd_whose_close_never_ends_holds_no_thread_of_the_service(fuse_service):
+    """LHREQ_EVENTFD with an fd on the member's own FUSE file, whose FLUSH is never answered, from
+    24 threads: each is refused (EINVAL), and another guest still starts and takes its IRQs.  Before,
+    the service closed its copy of that fd on the thread serving the write, which then waited for
+    ever, and 16 such writes held every thread of the service."""
+    proc, node = fuse_service
+    done = subprocess.run([*_as_member(node.stat().st_gid), str(HOSTILE_CLIENT), "unflushed-eventfd"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, LGUEST_DEVICE=str(node)))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout + done.stderr
+    out = json.loads(lines[-1])
+    assert out["initialize"] == "OK", out
+    assert set(out["eventfd"]) == {"EINVAL"}, out
+    assert out["second"]["initialize"] == "OK" and out["second"]["irq"] == ["OK"] * 3, out
+    assert proc.poll() is None, "the service died"
