@@ -208,7 +208,12 @@ class Server:
 
     def _write(self, req: Request, tid: int, fh: int, offset: int, data: bytes, vcpu: int, plain: bool,
                caller: tuple[int, int]) -> None:
-        result = self.device.write(tid, fh, vcpu, data, caller=caller)
+        try:
+            result = self.device.write(tid, fh, vcpu, data, caller=caller)
+        except Exception:
+            # On INITIALIZE's own thread no session guard answers for us (session.py _guard).
+            log.exception("device.write failed")
+            result = -errno.EIO
         log.debug("write fh=%d tid=%d %d bytes at %d -> %d", fh, tid, len(data), offset, result)
         with self._lock:
             if req in self._initializing:

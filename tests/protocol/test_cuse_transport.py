@@ -256,3 +256,15 @@ def test_an_initialize_that_meets_shutdown_is_never_answered_after_the_session_i
     assert server.shutdown() == 0
     time.sleep(0.5)                             # the INITIALIZE thread, if any, has answered by now
     assert late == []
+
+
+def test_an_initialize_whose_device_call_raises_is_still_answered(serve, monkeypatch):
+    """INITIALIZE runs on a thread of its own, outside the session's guard: an exception there must
+    still answer the caller (EIO), or its write waits for ever."""
+    s = serve()
+    fh = s.peer.open()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, or a broken worker's garbage")
+    monkeypatch.setattr(s.server.device, "write", broken)
+    assert s.peer.write_result(s.peer.write(fh, INITIALIZE)) == -errno.EIO
