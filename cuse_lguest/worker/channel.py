@@ -51,3 +51,22 @@ def recv(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
             os.close(fd)
         raise PeerGone("a message was truncated")
     return json.loads(data), fds
+
+
+def recv_from_worker(sock: socket.socket) -> dict[str, Any]:
+    """The next message from a worker, which never sends descriptors.  Raises PeerGone.
+
+    A worker is the launcher's user without privilege; descriptors it attached
+    are dropped by the kernel, because we give no room for them (which closes
+    nothing of ours: a close() of the worker's choosing could wait for ever),
+    and the message is taken for a broken worker's.
+    """
+    try:
+        data, _, flags, _ = sock.recvmsg(MAX_MESSAGE)
+    except ConnectionResetError as e:
+        raise PeerGone(str(e)) from None
+    if not data:
+        raise PeerGone("end of file")
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        raise PeerGone("a message was truncated, or came with descriptors")
+    return json.loads(data)

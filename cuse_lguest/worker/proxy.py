@@ -102,7 +102,7 @@ class WorkerGuest:
                 os.close(fd)
             memory.close()        # the worker holds the launcher's memory now; we keep nothing of it
         try:
-            reply, _ = channel.recv(self._ctl)
+            reply = channel.recv_from_worker(self._ctl)
         except channel.PeerGone:
             reply = {"error": errno.ENOMEM, "message": describe_end(self._wait_exit(REAP_WAIT))}
         if "error" in reply:
@@ -123,7 +123,7 @@ class WorkerGuest:
                 return RunExit.DEAD, 0
             try:
                 channel.send(self._run, {"op": "run"})
-                reply, _ = channel.recv(self._run)
+                reply = channel.recv_from_worker(self._run)
             except (channel.PeerGone, OSError):
                 if not self._destroyed:
                     self._ended(self._wait_exit(REAP_WAIT))
@@ -155,7 +155,7 @@ class WorkerGuest:
                 if self._ctl_stalled:
                     return
                 if select.select([self._ctl], [], [], ACK_WAIT)[0]:
-                    channel.recv(self._ctl)
+                    channel.recv_from_worker(self._ctl)
                 else:
                     self._ctl_stalled = True
                     log.warning("guest %s: worker %d did not take an eventfd within %.0f s (stopped?); "
