@@ -12,7 +12,6 @@ import errno
 import os
 import pathlib
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -432,25 +431,25 @@ def unflushed_fuse_file(tmp_path):
     import blocking_fuse
     path = str(tmp_path / "f")
     open(path, "w").close()
-    conn = blocking_fuse.mount(path)
-    server = os.fork()
-    if server == 0:
-        try:
-            blocking_fuse.serve(conn, 4096, never=(blocking_fuse.FLUSH,))
-        finally:
-            os._exit(0)
-    os.close(conn)
+    server = blocking_fuse.serve_in_child(path, 4096, never=(blocking_fuse.FLUSH,))
     fd = os.open(path, os.O_RDONLY)
     try:
         yield fd
     finally:
-        os.kill(server, signal.SIGKILL)
-        os.waitpid(server, 0)
-        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        blocking_fuse.stop(server, path)
         try:
             os.close(fd)
         except OSError:
             pass                # ECONNABORTED: its filesystem is gone
+
+
+def _eventfd_within(h, fd: int, seconds: float) -> list[int]:
+    """LHREQ_EVENTFD of `fd` on a thread: [its result], or [] if it has not come back in `seconds`."""
+    out: list[int] = []
+    t = threading.Thread(target=lambda: out.append(h.write(abi.LHREQ_EVENTFD, 0x4001000, fd)), daemon=True)
+    t.start()
+    t.join(seconds)
+    return out
 
 
 def test_eventfd_of_a_file_whose_close_never_ends_is_refused_without_closing_it(h, unflushed_fuse_file):
@@ -458,12 +457,7 @@ def test_eventfd_of_a_file_whose_close_never_ends_is_refused_without_closing_it(
     file that close waits for the caller's filesystem for ever (FUSE_FLUSH), and a few such
     LHREQ_EVENTFDs would hold every worker of the service."""
     h.init()
-    out = []
-    t = threading.Thread(target=lambda: out.append(h.write(abi.LHREQ_EVENTFD, 0x4001000, unflushed_fuse_file)),
-                         daemon=True)
-    t.start()
-    t.join(10)
-    assert out == [-errno.EINVAL], "LHREQ_EVENTFD waited on the caller's filesystem"
+    assert _eventfd_within(h, unflushed_fuse_file, 10) == [-errno.EINVAL], "it waited on the caller's filesystem"
 
 
 def test_a_file_swapped_in_after_the_look_is_closed_off_the_request(h, unflushed_fuse_file, monkeypatch):
@@ -471,9 +465,4 @@ def test_a_file_swapped_in_after_the_look_is_closed_off_the_request(h, unflushed
     is still refused, and closed where its close() may wait."""
     h.init()
     monkeypatch.setattr("cuse_lguest.procs.names_eventfd", lambda tid, fd: True)
-    out = []
-    t = threading.Thread(target=lambda: out.append(h.write(abi.LHREQ_EVENTFD, 0x4001000, unflushed_fuse_file)),
-                         daemon=True)
-    t.start()
-    t.join(10)
-    assert out == [-errno.EINVAL], "LHREQ_EVENTFD waited on the caller's filesystem"
+    assert _eventfd_within(h, unflushed_fuse_file, 10) == [-errno.EINVAL], "it waited on the caller's filesystem"

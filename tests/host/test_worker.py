@@ -277,14 +277,7 @@ def test_guest_ram_on_a_file_whose_close_never_ends_holds_no_other_launch(tinygu
     import blocking_fuse
     path = str(tmp_path / "ram")
     open(path, "w").close()
-    conn = blocking_fuse.mount(path)
-    server = os.fork()
-    if server == 0:
-        try:
-            blocking_fuse.serve(conn, RAM, never=(blocking_fuse.FLUSH,))
-        finally:
-            os._exit(0)
-    os.close(conn)
+    server = blocking_fuse.serve_in_child(path, RAM, never=(blocking_fuse.FLUSH,))
     workers = WorkerFactory()          # a zygote of its own: the old code leaves it stuck until the end
     made: dict[str, object] = {}
 
@@ -308,9 +301,7 @@ def test_guest_ram_on_a_file_whose_close_never_ends_holds_no_other_launch(tinygu
         assert isinstance(made.get("other"), WorkerGuest), f"the other launch: {made.get('other', 'waiting')}"
         made["other"].destroy()
     finally:
-        os.kill(server, signal.SIGKILL)      # aborts the connection: every waiting close() returns
-        os.waitpid(server, 0)
-        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        blocking_fuse.stop(server, path)
         time.sleep(1)
         if isinstance(made.get("slow"), WorkerGuest):
             made["slow"].destroy()

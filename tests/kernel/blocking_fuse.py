@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -100,3 +101,24 @@ def serve(fd: int, size: int, on_read=None, never: tuple[int, ...] = ()) -> None
         except OSError as e:
             if e.errno != errno.ENOENT:         # the request was interrupted meanwhile
                 raise
+
+
+def serve_in_child(path: str, size: int, never: tuple[int, ...] = ()) -> int:
+    """Mount over `path` and serve it (see serve) from a forked child; the child's pid, for stop()."""
+    conn = mount(path)
+    server = os.fork()
+    if server == 0:
+        try:
+            serve(conn, size, never=never)
+        finally:
+            os._exit(0)
+    os.close(conn)
+    return server
+
+
+def stop(server: int, path: str) -> None:
+    """Kill serve_in_child's filesystem, which aborts its connection (every close() waiting on it
+    returns, with ECONNABORTED), and unmount it."""
+    os.kill(server, signal.SIGKILL)
+    os.waitpid(server, 0)
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)

@@ -451,14 +451,7 @@ def unflushed_eventfd(count: int = 24) -> dict:
     where = tempfile.mkdtemp(prefix="hostile-flush-")
     path = os.path.join(where, "f")
     open(path, "w").close()
-    conn = blocking_fuse.mount(path)
-    server = os.fork()
-    if server == 0:
-        try:
-            blocking_fuse.serve(conn, PAGE, never=(blocking_fuse.FLUSH,))
-        finally:
-            os._exit(0)
-    os.close(conn)
+    server = blocking_fuse.serve_in_child(path, PAGE, never=(blocking_fuse.FLUSH,))
     stuck = os.open(path, os.O_RDONLY)
     buf, base = shared_ram()
     load(buf, LGUEST_INIT + SPIN)
@@ -477,9 +470,7 @@ def unflushed_eventfd(count: int = 24) -> dict:
         t.join(max(0.0, deadline - time.monotonic()))
     out["eventfd"] = results
     out["second"] = quick()
-    os.kill(server, signal.SIGKILL)             # aborts the connection: any waiting close() returns
-    os.waitpid(server, 0)
-    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    blocking_fuse.stop(server, path)
     return out
 
 
