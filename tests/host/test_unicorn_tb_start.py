@@ -7,12 +7,15 @@ two conditions inline and calls the helper only when one is set: the exit
 request that uc_emu_stop() raises (here from Unicorn's own timeout thread),
 and our block-stop flag (stopper.py; native/unicorn/block-stop.patch).
 
-The Guest spins in `dec %ecx; jnz` blocks chained to themselves, with no
-memory access, so nothing but the block-start check can end it: a check that
-missed a request would spin for ever.  Each case therefore runs in a child
+The Guest spins in two blocks chained to each other (`dec %ecx; jmp` and
+`jnz`), with no memory access, so nothing but the block-start check can end
+it: a check that missed a request would spin for four billion rounds.  Each case therefore runs in a child
 process with a deadline, and a hang fails the test instead of hanging it.
 These are correctness guards: stock Unicorn passes them too (the patch is for
 speed, which benchmarks/ measures); they fail if the inline test is wrong.
+Checked on two deliberately broken builds: with the exit-request branch never
+taken the timeout case fails, with the flag branch skipped the flag case does
+(each Guest ran all four billion rounds, about 20 s, and ended with ECX 0).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import pytest
 from cuse_lguest.cpu.stopper import BLOCK_STOP_ENTRY, library_symbol
 
 DEADLINE_S = 60.0
-LOOP_AT = 0x1005
+BLOCK_STARTS = (0x1005, 0x1008)     # L1 and L2 below: where a stop at a block start leaves EIP
+END = 0x100B
 
 CHILD = r"""
 import ctypes, json, sys, threading, time
@@ -35,9 +39,10 @@ from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
 
 CODE_AT, SPINS = 0x1000, 0xFFFFFFFF
 CODE = bytes.fromhex("b9ffffffff"   # 1000: mov $0xffffffff, %ecx
-                     "49"           # 1005: L: dec %ecx
-                     "75fd"         # 1006: jnz L
-                     "90")          # 1008: nop
+                     "49"           # 1005: L1: dec %ecx
+                     "eb00"         # 1006: jmp L2
+                     "75fb"         # 1008: L2: jnz L1
+                     "90")          # 100a: nop
 uc = Uc(UC_ARCH_X86, UC_MODE_32)
 uc.mem_map(0, 0x10000)
 uc.mem_write(CODE_AT, CODE)
@@ -73,7 +78,7 @@ def run(case: str) -> tuple[int, int]:
 
 def test_an_exit_request_stops_a_spinning_guest_at_a_block_start() -> None:
     eip, ecx = run("timeout")
-    assert eip == LOOP_AT and 0 < ecx < 0xFFFFFFFF - 1
+    assert eip in BLOCK_STARTS and 0 < ecx < 0xFFFFFFFF - 1
 
 
 needs_flag = pytest.mark.skipif(library_symbol(BLOCK_STOP_ENTRY) is None,
@@ -83,9 +88,9 @@ needs_flag = pytest.mark.skipif(library_symbol(BLOCK_STOP_ENTRY) is None,
 @needs_flag
 def test_the_block_stop_flag_stops_a_spinning_guest_at_a_block_start() -> None:
     eip, ecx = run("flag")
-    assert eip == LOOP_AT and 0 < ecx < 0xFFFFFFFF - 1
+    assert eip in BLOCK_STARTS and 0 < ecx < 0xFFFFFFFF - 1
 
 
 @needs_flag
 def test_a_removed_flag_stops_nothing() -> None:
-    assert run("flag-removed") == (LOOP_AT + 4, 0)      # ran to its end, past the nop
+    assert run("flag-removed") == (END, 0)      # ran to its end, past the nop
