@@ -178,10 +178,16 @@ class Server:
         if fh < 0:
             req.reply_err(-fh)
             return
+        with self._lock:
+            closing = self._closing       # shutdown began meanwhile: it has taken its list of files
+            if not closing:
+                self._runners[fh] = FileRunner(fh, self._serve)
+        if closing:
+            self.device.release(fh)
+            req.reply_err(errno.ENODEV)
+            return
         if self._positions is not None:
             self._positions.opened(fh)
-        with self._lock:
-            self._runners[fh] = FileRunner(fh, self._serve)
         req.reply_open(fi, fh)
         log.debug("open -> fh %d", fh)
 

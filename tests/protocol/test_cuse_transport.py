@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import struct
 import time
 
 import pytest
@@ -268,3 +269,27 @@ def test_an_initialize_whose_device_call_raises_is_still_answered(serve, monkeyp
         raise RuntimeError("a bug, or a broken worker's garbage")
     monkeypatch.setattr(s.server.device, "write", broken)
     assert s.peer.write_result(s.peer.write(fh, INITIALIZE)) == -errno.EIO
+
+
+def test_an_open_that_meets_shutdown_leaves_no_file_and_no_thread(serve, monkeypatch):
+    """An OPEN checked in just before shutdown began must not leave an open file (and its vCPU
+    thread) that shutdown never saw: every file is released when the session ends."""
+    import threading
+    s = serve()
+    server = s.server
+    real_open = server.device.open
+
+    def open_after_shutdown_began(*args, **kwargs):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with server._lock:
+                if server._closing:
+                    break
+            time.sleep(0.01)
+        return real_open(*args, **kwargs)
+    monkeypatch.setattr(server.device, "open", open_after_shutdown_began)
+    s.peer.send(14, struct.pack("<II", os.O_RDWR, 0))     # OPEN
+    time.sleep(0.1)                                        # the worker is in device.open
+    assert server.shutdown() == 0
+    assert len(server.device) == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("vcpu-fh")]
