@@ -39,14 +39,13 @@ sys.stdin.readline()
 """
 
 
-@pytest.fixture
-def subordinate():
-    """A process running as subordinate uid INSIDE of a namespace OWNER made (its pid)."""
+def _in_namespace(owner: int):
+    """A process running as subordinate uid INSIDE of a namespace `owner` made (its pid)."""
     if os.geteuid() != 0:
         pytest.skip("needs root: to be user OWNER, and to map subordinate ids as newuidmap does")
-    child = subprocess.Popen(["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups",
-                              PYTHON, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd="/")
+    become = ["setpriv", f"--reuid={owner}", f"--regid={owner}", "--clear-groups"] if owner else []
+    child = subprocess.Popen(become + [PYTHON, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd="/")
     try:
         said = child.stdout.readline().strip()
         if said != "unshared":
@@ -64,9 +63,27 @@ def subordinate():
         child.wait()
 
 
+@pytest.fixture
+def subordinate():
+    """A process running as subordinate uid INSIDE of a namespace OWNER made."""
+    yield from _in_namespace(OWNER)
+
+
+@pytest.fixture
+def container():
+    """The same in a namespace root made, as LXC or Docker's --userns-remap make one per container."""
+    yield from _in_namespace(0)
+
+
 def test_the_kernel_uid_is_subordinate_and_the_owner_pays(subordinate):
     assert psutil.Process(subordinate).uids().real == SUBORDINATE + INSIDE
     assert payer(subordinate, SUBORDINATE + INSIDE) == OWNER
+
+
+def test_in_a_namespace_root_made_the_callers_own_uid_pays(container):
+    """Root chose that container's uid range: its uids are not all root's, nor one share between them."""
+    assert psutil.Process(container).uids().real == SUBORDINATE + INSIDE
+    assert payer(container, SUBORDINATE + INSIDE) == SUBORDINATE + INSIDE
 
 
 def test_a_caller_in_the_services_namespace_pays_itself():
