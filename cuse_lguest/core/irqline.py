@@ -179,6 +179,14 @@ class IrqLine:
         if err:
             raise OSError(-err, os.strerror(-err))
 
+    def sleep_target(self) -> tuple[int, int, int]:
+        """(lg_irq_sleep's address, this line's state, the wait fd): the native HALT sleeps as sleep() does."""
+        return int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_irq_sleep"))), self.target, self._wait_fd
+
+    def stop_address(self) -> int:
+        """Where the vCPU's stop flag is (the native HALT clears it after a sleep, as Python does)."""
+        return int(ffi.cast("uintptr_t", ffi.addressof(self.page.stop, "flag")))
+
     def close(self) -> None:
         fds = (self._state.wake_fd, self._wait_fd)
         self._state.wake_fd, self._wait_fd = -1, -1

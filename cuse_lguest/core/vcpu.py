@@ -75,7 +75,7 @@ class VCpu:
         self.ring: AsyncRing | None = None
         self.idt: list[tuple[int, int, int] | None] = [None] * abi.IDT_ENTRIES
         self.kernel_stack = (0, 0)
-        self.halted = False
+        self._halted = False
         self.need_flush = False
         self.hcall: tuple[int, int, int, int, int] | None = None
         self.notify = 0
@@ -84,6 +84,8 @@ class VCpu:
         self.exits = self.machine.exits
         self.exits.connect(line.word_addresses(), stats.slot_arrays(),
                            (exitstats.TRAP, exitstats.HCALL, exitstats.ASYNC, exitstats.HCALL_SLOTS))
+        sync = None if type(memory).on_irq is GuestMemory.on_irq else self._sync_for_native_halt
+        self.exits.connect_halt(line.sleep_target(), line.stop_address(), sync, (exitstats.IRQ, exitstats.HALT_SLEEP))
         self.exits.enabled = exits.wanted()
 
     # ---- the loop -------------------------------------------------------------
@@ -153,7 +155,7 @@ class VCpu:
             if nr != abi.LHCALL_LGUEST_INIT:
                 raise GuestFault(f"hypercall {nr} before INIT")
             self.ld = lguest_init(self.memory, a1)
-            self.exits.set_lguest_data(self.ld.gpa)
+            self.exits.set_lguest_data(self.ld.gpa, (self.ld.noirq_start, self.ld.noirq_end))
             self.ring = AsyncRing(self.memory, self.ld.gpa, self._async_call, self._notify_pending,
                                   self.exits.ring_cursor)
             return
@@ -236,6 +238,16 @@ class VCpu:
         self.machine.stop.clear()
         return self._service()
 
+    def _sync_for_native_halt(self) -> None:
+        """The native HALT took an LHREQ_IRQ's mark: the memory's sync point, as Guest.pending_irqs runs it.
+
+        A fault there is the Guest's death, as on the Python path; C sees the
+        line retired and hands the HALT back to Python, which reports it."""
+        try:
+            self.sync_on_irq()
+        except GuestFault as fault:
+            self.guest.kill(fault.reason)
+
     def _on_invalid(self) -> bool:
         """ud2 and other undefined opcodes: #UD (6) for the Guest's handler."""
         started = perf_counter_ns()
@@ -251,6 +263,17 @@ class VCpu:
         except GuestFault as fault:
             self.guest.kill(fault.reason)
             return False
+
+    @property
+    def halted(self) -> bool:
+        """In HALT: Python's own (Hypercalls._halt until an IRQ is delivered), or a native HALT
+        asleep in C right now.  The native HALT never sets Python's flag: it either delivers
+        the waking IRQ itself, or hands the whole HALT back to Python, which sets it then."""
+        return self._halted or self.exits.halting
+
+    @halted.setter
+    def halted(self, on: bool) -> None:
+        self._halted = on
 
     # ---- called by hypercalls ---------------------------------------------------
     def set_gate(self, vector: int, gate: tuple[int, int, int] | None) -> None:

@@ -27,6 +27,32 @@ ring from the shared cursor (each call counted in its async slot), run the
 call, flush the TLB once if any of them asked for it.  Each call is checked
 first as Hypercalls checks it; one that would kill the Guest is Python's.
 
+What C handles of HALT from ring 1 (lg_native_halt): the async ring as
+above, then the halted Guest's half of VCpu._service and its sleep.  If an
+IRQ the Guest does not block is pending, it is delivered as
+interrupts.deliver_pending_irq delivers it to a halted Guest: irq_enabled
+set to IF, the bit taken from the shared word (the atomic clear
+IrqLine.take does) before the ring-1 frame is built, lguest_data.time
+written from CLOCK_REALTIME as handshake.write_time writes it, irq_pending
+cleared when no other candidate is left, the IRQ's profiler slot counted.
+If none is, C sleeps in lg_irq_sleep itself (the IRQ line's own function,
+handed over as an address): the binding calls emu_start through ctypes,
+which releases the GIL, and this hook never takes it, so the sleep holds
+nothing Python needs (the timer thread and the injectors run meanwhile).
+After a sleep it clears the stop flag, as VCpu._sleep_then_service does.
+An LHREQ_IRQ's mark is taken as Guest.pending_irqs takes it, and the
+memory's sync point then runs in Python (VCpu._sync_for_native_halt,
+behind the binding's guard) unless this memory has none.
+Python may take over at any step (death, an interrupt request, the noirq
+window, an IRQ with no gate, a frame that does not translate, a failed
+read of the pipe): what C did until then (the ring drained, a sleep, the
+sync point) is a prefix of what Python would have done, and Python running
+the HALT from the start with an empty ring is the same HALT again.
+VCpu.halted stays Python's own flag: C never sets it, and reports a HALT
+it is in through `halting` (VCpu.halted reads both), which matters only to
+other threads that ask (tests waiting for the halt); nothing on the vCPU
+thread runs while C is in HALT except the sync point, which does not look.
+
 What C leaves to Python (returns before it has changed anything): the
 feature switched off, no lguest_data yet, a gate that is missing or refuses
 ring 3, #NM while the Guest has not asked for TS, a frame or page-table page that does not translate
@@ -94,6 +120,10 @@ _DEFINES = {
     "LG_HC_SET_PGD": abi.LHCALL_SET_PGD,
     "LG_HC_TS": abi.LHCALL_TS,
     "LG_HC_FLUSH_TLB": abi.LHCALL_FLUSH_TLB,
+    "LG_HC_HALT": abi.LHCALL_HALT,
+    "LG_FIRST_EXTERNAL": abi.FIRST_EXTERNAL_VECTOR,
+    "LG_LD_TIME": abi.LGUEST_DATA_TIME,
+    "LG_LD_IRQ_PENDING": abi.LGUEST_DATA_IRQ_PENDING,
     "LG_LD_HCALL_STATUS": abi.LGUEST_DATA_HCALL_STATUS,
     "LG_LD_HCALLS": abi.LGUEST_DATA_HCALLS,
     "LG_RING_SIZE": abi.LHCALL_RING_SIZE,
@@ -158,6 +188,16 @@ _CDEF = """
         uint32_t ring_cursor;           /* the async ring's, shared with AsyncRing */
         struct lg_gate idt[%d];
         uint64_t handled;               /* exits C delivered (tests look) */
+        /* HALT (lg_native_halt): the IRQ line's sleep, the stop flag, the sync point */
+        int (*irq_sleep)(void *irqs, int wait_fd, const volatile uint32_t *blocked);
+        void *irqs;                     /* the line's struct lg_irqs (IrqLine.target) */
+        int wait_fd;
+        volatile int *stop_flag;
+        void (*sync)(void *uc, uint32_t intno, void *user_data);   /* VCpu.sync_on_irq, or NULL */
+        uint32_t noirq_start, noirq_end;
+        uint32_t irq_slot_base, halt_sleep_slot;
+        uint64_t slept_ns;              /* of the exit being handled: left out of its time */
+        int halting;                    /* in a native HALT right now (VCpu.halted reports it) */
     };
     void lg_intr_hook(void *uc, uint32_t intno, void *user_data);
     int lg_pgd_copy(const uint8_t *ram, uint64_t limit, uint64_t pfnlimit, uint32_t pgd_gpa,
@@ -485,14 +525,108 @@ _SOURCE = r"""
         return (int)(x->hcall_slot_base + c.nr);
     }
 
+    /* handshake.write_time: lguest_data.time = CLOCK_REALTIME as {u32 sec, u32 nsec}, in one write. */
+    static void lg_write_time(struct lg_exits *x)
+    {
+        struct timespec t;
+        uint32_t words[2];
+        clock_gettime(CLOCK_REALTIME, &t);
+        words[0] = (uint32_t)t.tv_sec;
+        words[1] = (uint32_t)t.tv_nsec;
+        memcpy(x->ram + x->ld + LG_LD_TIME, words, sizeof words);
+    }
+
+    /* interrupts.deliver_pending_irq for a halted Guest, `candidates` being
+     * the pending IRQs it does not block (not 0): 1 when delivered, 0 for
+     * Python with nothing changed (no gate, a stack that does not translate). */
+    static int lg_deliver_halted(struct lg_exits *x, uint32_t candidates, uint32_t eip)
+    {
+        uint32_t irq = (uint32_t)__builtin_ctz(candidates), bit = 1u << irq;
+        const struct lg_gate *gate = &x->idt[LG_FIRST_EXTERNAL + irq];
+        if (!gate->type)
+            return 0;
+        uint32_t cs = lg_reg(x, LG_REG_CS);
+        uint32_t irq_enabled = lg_rd32(x, x->ld + LG_LD_IRQ_ENABLED);
+        x->context_save(x->uc, x->ctx);
+        lg_wr32(x, x->ld + LG_LD_IRQ_ENABLED, LG_EFLAGS_IF);      /* halted: the Guest takes it */
+        __atomic_and_fetch(x->pending, ~bit, __ATOMIC_SEQ_CST);   /* IrqLine.take, before the frame */
+        if (!lg_push_frame(x, gate, cs, 0, 0, eip)) {
+            /* Undone, for Python to kill the Guest with its own text: a raise
+             * of the same IRQ meanwhile is the same bit, so nothing is lost. */
+            __atomic_or_fetch(x->pending, bit, __ATOMIC_SEQ_CST);
+            lg_wr32(x, x->ld + LG_LD_IRQ_ENABLED, irq_enabled);
+            return 0;
+        }
+        lg_stat(x, x->irq_slot_base + irq, 0);
+        lg_write_time(x);
+        if (!(candidates & ~bit))
+            lg_wr32(x, x->ld + LG_LD_IRQ_PENDING, 0);
+        return 1;
+    }
+
+    /* The halted Guest's half of VCpu._service and its sleep, until an IRQ
+     * is delivered (the HALT's stats slot) or Python must take over (-1). */
+    static int lg_halt_until_irq(struct lg_exits *x, uint32_t eip)
+    {
+        for (;;) {
+            if (!__atomic_load_n(x->alive, __ATOMIC_SEQ_CST) || __atomic_load_n(x->interrupt, __ATOMIC_SEQ_CST))
+                return -1;              /* death, or the device wants the vCPU: Python's */
+            /* Guest.pending_irqs: the word first, then the launcher's mark. */
+            uint32_t pending = __atomic_load_n(x->pending, __ATOMIC_SEQ_CST);
+            if ((pending || __atomic_load_n(x->from_launcher, __ATOMIC_SEQ_CST))
+                && __atomic_exchange_n(x->from_launcher, 0, __ATOMIC_SEQ_CST) && x->sync) {
+                x->sync(x->uc, 0, NULL);
+                if (!__atomic_load_n(x->alive, __ATOMIC_SEQ_CST))
+                    return -1;          /* the sync point killed the Guest */
+            }
+            uint32_t candidates = pending & ~lg_rd32(x, x->ld + LG_LD_BLOCKED);
+            if (candidates)
+                return lg_deliver_halted(x, candidates, eip) ? (int)(x->hcall_slot_base + LG_HC_HALT) : -1;
+            uint64_t started = lg_now();
+            int err = x->irq_sleep(x->irqs, x->wait_fd, (const volatile uint32_t *)(x->ram + x->ld + LG_LD_BLOCKED));
+            uint64_t slept = lg_now() - started;
+            lg_stat(x, x->halt_sleep_slot, slept);
+            x->slept_ns += slept;
+            __atomic_store_n(x->stop_flag, 0, __ATOMIC_SEQ_CST);   /* the kick's: see VCpu._sleep_then_service */
+            if (err)
+                return -1;              /* Python's sleep raises it */
+        }
+    }
+
+
+    /* LHCALL_HALT from ring 1: what VCpu._hypercall, Hypercalls._halt and the
+     * hook's sleep-then-service loop do, when the answer is certain.  Its
+     * stats slot, or -1 for Python.  Python may take over at any point below:
+     * what C did until then (the ring drained, a sleep, a sync point taken)
+     * is a prefix of what Python would have done, and Python's HALT from the
+     * start with an empty ring is the same HALT again. */
+    static int lg_native_halt(struct lg_exits *x)
+    {
+        uint32_t eip = lg_reg(x, LG_REG_EIP);
+        if (!x->irq_sleep || (eip >= x->noirq_start && eip < x->noirq_end))
+            return -1;                  /* no line, or the retry tick's case: Python's */
+        int n = lg_ring_queued(x);
+        if (n < 0)
+            return -1;
+        if (lg_ring_run(x, n))
+            x->ctl(x->uc, x->tlb_flush);
+        __atomic_store_n(&x->halting, 1, __ATOMIC_SEQ_CST);
+        int slot = lg_halt_until_irq(x, eip);
+        __atomic_store_n(&x->halting, 0, __ATOMIC_SEQ_CST);
+        return slot;
+    }
+
     /* The exit as C can finish it: its stats slot, or -1 for Python. */
     static int lg_native_exit(struct lg_exits *x, uint32_t intno)
     {
         if (!x->enabled || !x->have_ld || intno >= LG_IDT_ENTRIES)
             return -1;
         uint32_t cs = lg_reg(x, LG_REG_CS);
-        if (intno == LG_TRAP_ENTRY && (cs & 3) == LG_GUEST_PL)
+        if (intno == LG_TRAP_ENTRY && (cs & 3) == LG_GUEST_PL) {
+            if (lg_reg(x, LG_REG_EAX) == LG_HC_HALT)
+                return lg_native_halt(x);
             return lg_quiet(x) ? lg_native_hcall(x) : -1;
+        }
         if ((cs & 3) != 3 || !lg_quiet(x))
             return -1;
         const struct lg_gate *gate = &x->idt[intno];
@@ -531,13 +665,14 @@ _SOURCE = r"""
     {
         struct lg_exits *x = user_data;
         uint64_t started = lg_now();
+        x->slept_ns = 0;
         int slot = lg_native_exit(x, intno);
         if (slot < 0) {
             x->slow(uc, intno, NULL);
             return;
         }
         x->handled++;
-        lg_stat(x, (uint32_t)slot, lg_now() - started);
+        lg_stat(x, (uint32_t)slot, lg_now() - started - x->slept_ns);
     }
 """
 

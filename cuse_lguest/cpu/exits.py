@@ -66,6 +66,7 @@ class NativeExits:
     def __init__(self, uc: Uc, ctx: SavedContext, memory: GuestMemory, region: SwitcherRegion,
                  cr0_ts: int, on_intr: Callable[[int], None]) -> None:
         self._x = x = ffi.new("struct lg_exits *")
+        self._uc = uc
         x.uc = ffi.cast("void *", ctypes.cast(uc._uch, ctypes.c_void_p).value)
         x.reg_read = _entry("uc_reg_read", "int (*)(void *, int, void *)")
         x.reg_write = _entry("uc_reg_write", "int (*)(void *, int, const void *)")
@@ -106,6 +107,21 @@ class NativeExits:
         x.stat_count, x.stat_ns = (ffi.cast("uint64_t *", a) for a in stat_arrays)
         x.trap_slot_base, x.hcall_slot_base, x.async_slot_base, x.hcall_slots = stat_slots
 
+    def connect_halt(self, sleep: tuple[int, int, int], stop_flag: int, sync: Callable[[], None] | None,
+                     slots: tuple[int, int]) -> None:
+        """What a native HALT needs: the IRQ line's sleep (lg_irq_sleep's address, the line, its wait fd),
+        the stop flag's address, the memory's IRQ sync point (None: it does nothing), and the
+        profiler's (first IRQ, HALT sleep) slots.  `sync` runs behind the binding's exception guard."""
+        x = self._x
+        function, irqs, x.wait_fd = sleep
+        x.irqs = ffi.cast("void *", irqs)
+        x.stop_flag = ffi.cast("volatile int *", stop_flag)
+        x.irq_slot_base, x.halt_sleep_slot = slots
+        if sync is not None:
+            self._sync = uccallback(self._uc, HOOK_INTR_CFUNC)(lambda _uc, _intno, _key: sync())
+            x.sync = ffi.cast("void (*)(void *, uint32_t, void *)", ctypes.cast(self._sync, ctypes.c_void_p).value)
+        x.irq_sleep = ffi.cast("int (*)(void *, int, const volatile uint32_t *)", function)
+
     @property
     def ring_cursor(self):
         """The async ring's cursor, one word both AsyncRing and C use (`cell[0]`)."""
@@ -120,6 +136,11 @@ class NativeExits:
         if on and self._x.pending == ffi.NULL:
             raise RuntimeError("native exits need connect() first")
         self._x.enabled = int(on)
+
+    @property
+    def halting(self) -> bool:
+        """A native HALT is under way (asleep, or about to deliver its IRQ); any thread may ask."""
+        return bool(self._x.halting)
 
     @property
     def handled(self) -> int:
@@ -144,10 +165,12 @@ class NativeExits:
     def task_switched(self, on: bool) -> None:
         self._x.ts = int(on)
 
-    def set_lguest_data(self, gpa: int) -> None:
-        """After the handshake checked that all of lguest_data lies in Guest RAM."""
+    def set_lguest_data(self, gpa: int, noirq: tuple[int, int] = (0, 0)) -> None:
+        """After the handshake checked that all of lguest_data lies in Guest RAM; `noirq` is its
+        "never interrupt here" EIP window [start, end)."""
         if gpa + abi.LGUEST_DATA_SIZE > self._x.limit:
             raise ValueError("lguest_data outside Guest RAM")
+        self._x.noirq_start, self._x.noirq_end = noirq
         self._x.ld, self._x.have_ld = gpa, 1
 
     def set_page_directory(self, gpa: int | None) -> None:

@@ -12,6 +12,9 @@ and the profiler's hypercall counts must be identical.
 """
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from unicorn import UC_HOOK_CODE
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EFLAGS, UC_X86_REG_ESP, UC_X86_REG_SS)
@@ -20,7 +23,7 @@ from cuse_lguest import abi
 from cuse_lguest.core import exitstats
 from cuse_lguest.cpu import exits
 from cuse_lguest.cpu.switcher import PD_ADDR, SWITCHER_BASE
-from test_core_support import boot, symbol
+from test_core_support import boot, symbol, wait_until_halted
 
 STUBS = 129            # native/guests/core/entry.S: one 16-byte stub per vector 0..128
 FRAME_WORDS = 6
@@ -123,3 +126,79 @@ def test_page_table_hypercalls_end_the_same_natively(native_build, cmdline, deat
     assert python["console"][1:5] == ["announced=0x0000aaaa\n", "after SET_PTE 0=0x0000bbbb\n",
                                       "window=0x0000dddd\n", "window2=0x0000cccc\n"]
     assert python["console"][6] == "after FLUSH_TLB=0x0000bbbb\n"
+
+
+def halted_irq_run(build, cmdline: str, native: bool, inject: int | None = None) -> dict:
+    """timer.c with `cmdline`; `inject`: LHREQ_IRQ that line once the Guest is halted.
+
+    At each IRQ handler's first instruction: the frame (as trace() records
+    it), irq_enabled, irq_pending and lguest_data.time."""
+    g = boot(build, "timer", cmdline)
+    v = g.guest.vcpu
+    v.exits.enabled = native
+    frames, times = [], []
+    table = symbol(g.elf, "trap_stubs_table")
+
+    def at_handler(_uc, address: int, _size: int, _ud) -> None:
+        stub = (address - table) // 16
+        if (address - table) % 16 or not abi.FIRST_EXTERNAL_VECTOR <= stub < abi.FIRST_EXTERNAL_VECTOR + 32:
+            return
+        r, ld = v.regs, v.ld.gpa
+        esp = r.read(UC_X86_REG_ESP)
+        gpa = v.machine.pgdir.translate(esp)
+        frames.append({
+            "vector": stub, "esp": esp, "cs": r.read(UC_X86_REG_CS), "eflags": r.read(UC_X86_REG_EFLAGS),
+            "stack": tuple(v.memory.read_u32(gpa + 4 * i) for i in range(3)),
+            "irq_enabled": v.memory.read_u32(ld + abi.LGUEST_DATA_IRQ_ENABLED),
+            "irq_pending": v.memory.read_u32(ld + abi.LGUEST_DATA_IRQ_PENDING),
+        })
+        sec, nsec = v.memory.read_u32(ld + abi.LGUEST_DATA_TIME), v.memory.read_u32(ld + abi.LGUEST_DATA_TIME + 4)
+        times.append(sec * 1_000_000_000 + nsec)
+    v.machine.uc.hook_add(UC_HOOK_CODE, at_handler, None, table, table + 16 * STUBS - 1)
+    injector = None
+    if inject is not None:
+        injector = threading.Thread(target=lambda: (wait_until_halted(g), g.guest.irq(inject)))
+        injector.start()
+    try:
+        death = g.run_to_end()
+        counts = v.stats.snapshot().count
+    finally:
+        if injector is not None:
+            injector.join()
+        g.close()
+    return {"death": death, "console": g.console, "frames": frames, "times": times, "handled": v.exits.handled,
+            "halts": counts[exitstats.HCALL + abi.LHCALL_HALT],
+            "irqs": counts[exitstats.IRQ:exitstats.IRQ + abi.LGUEST_IRQS]}
+
+
+def test_native_halt_delivers_an_injected_irq_as_python_does(native_build):
+    python, native = (halted_irq_run(native_build, "halt-for-irq=5", on, inject=5) for on in (False, True))
+    assert python["death"] == native["death"] == "CRASH: timer test done"
+    assert native["console"] == python["console"]
+    assert len(native["frames"]) == len(python["frames"]) == 1
+    assert native["frames"] == python["frames"]
+    assert native["frames"][0]["vector"] == abi.FIRST_EXTERNAL_VECTOR + 5
+    assert native["irqs"] == python["irqs"] and native["halts"] == python["halts"] >= 1
+    assert native["handled"] >= 1 and python["handled"] == 0
+    for run in (python, native):             # lguest_data.time is the wall clock, written at delivery
+        assert abs(run["times"][0] - time.time_ns()) < 60 * 1_000_000_000
+
+
+def test_native_halt_takes_timer_ticks_as_python_does(native_build):
+    python, native = (halted_irq_run(native_build, "hz=200 ticks=20", on) for on in (False, True))
+    assert python["death"] == native["death"] == "CRASH: timer test done"
+    assert native["console"] == python["console"]
+    # Every tick is IRQ 0, delivered to the same handler with the same virtual IF; the stack
+    # frame's return address is the instruction after a HALT when the tick woke one.
+    for run in (python, native):
+        assert len(run["frames"]) == run["irqs"][0] >= 20
+        assert {f["vector"] for f in run["frames"]} == {abi.FIRST_EXTERNAL_VECTOR}
+        assert {f["irq_enabled"] for f in run["frames"]} == {0}
+        assert run["times"] == sorted(run["times"])
+    assert native["handled"] >= 10 and python["handled"] == 0
+    # Nearly every tick wakes the HALT loop (a tick may land while the Guest runs, under load):
+    # the commonest frame is the one a HALT's wake-up builds, identical both ways.
+    def commonest(run: dict) -> tuple:
+        kinds = [(f["esp"], f["cs"], f["eflags"], f["stack"]) for f in run["frames"]]
+        return max(set(kinds), key=kinds.count)
+    assert commonest(native) == commonest(python)
