@@ -74,15 +74,16 @@ The C side never takes the GIL.
 Nothing here links libunicorn: uc_reg_read, uc_reg_write, uc_context_save,
 uc_context_restore and uc_ctl are the loaded library's own addresses, handed over
 at run time (cpu/exits.py), like uc_emu_stop in _native_build.py.  The ABI
-numbers and Unicorn's register ids are written into the C source at build
-time from cuse_lguest/abi.py and the binding's x86_const, so each number has
-one home.
+numbers are written into the C source at build time from cuse_lguest/abi.py,
+so each number has one home.  Unicorn's register ids are not: the package is
+built where the Unicorn binding may not be importable yet (pip's isolated
+build environment), so the struct carries them, filled in at run time from
+the binding's x86_const for each register named in REGISTERS.
 """
 import importlib.util
 import pathlib
 
 from cffi import FFI
-from unicorn import x86_const as X
 
 
 def _abi():
@@ -95,6 +96,8 @@ def _abi():
 
 
 abi = _abi()
+# The registers C reads or writes: x->regid[LG_R_<name>] holds UC_X86_REG_<name>.
+REGISTERS = ("CS", "SS", "ESP", "EIP", "EFLAGS", "CR2", "CR0", "EAX", "EBX", "ECX", "EDX", "ESI")
 _DEFINES = {
     "LG_IDT_ENTRIES": abi.IDT_ENTRIES,
     "LG_GDT_ENTRIES": abi.GDT_ENTRIES,
@@ -131,21 +134,10 @@ _DEFINES = {
     "LG_PTE_DIRTY": abi.PTE_DIRTY,
     "LG_PTE_PSE": abi.PTE_PSE,
     "LG_PTRS_PER_PGD": abi.PTRS_PER_PGD,
-    "LG_REG_CS": X.UC_X86_REG_CS,
-    "LG_REG_SS": X.UC_X86_REG_SS,
-    "LG_REG_ESP": X.UC_X86_REG_ESP,
-    "LG_REG_EIP": X.UC_X86_REG_EIP,
-    "LG_REG_EFLAGS": X.UC_X86_REG_EFLAGS,
-    "LG_REG_CR2": X.UC_X86_REG_CR2,
-    "LG_REG_CR0": X.UC_X86_REG_CR0,
-    "LG_REG_EAX": X.UC_X86_REG_EAX,
-    "LG_REG_EBX": X.UC_X86_REG_EBX,
-    "LG_REG_ECX": X.UC_X86_REG_ECX,
-    "LG_REG_EDX": X.UC_X86_REG_EDX,
-    "LG_REG_ESI": X.UC_X86_REG_ESI,
 }
 
 _CDEF = """
+    enum lg_register { """ + ", ".join(f"LG_R_{r}" for r in REGISTERS) + """ };
     struct lg_gate {
         uint32_t offset;
         uint32_t dpl;
@@ -160,6 +152,7 @@ _CDEF = """
         int (*context_restore)(void *uc, void *context);
         int (*ctl)(void *uc, int control, ...);
         int tlb_flush;                  /* uc_ctl's code for UC_CTL_TLB_FLUSH (Machine.flush_tlb) */
+        int regid[""" + str(len(REGISTERS)) + """];                  /* Unicorn's id of each register in enum lg_register */
         char *ctx;                      /* a uc_context (SavedContext's own) */
         uint32_t ctx_error_code, ctx_is_int, ctx_old_exception, ctx_hflags, ctx_segs;
         uint32_t seg_size, seg_cs, seg_ss;
@@ -210,7 +203,7 @@ _SOURCE = r"""
     #include <time.h>
 """ + "".join(f"    #define {k} {v:#x}u\n" for k, v in _DEFINES.items()) + r"""
     #define LG_FRAME 0xFFFFF000u
-""" + _CDEF + r"""
+""" + _CDEF + "".join(f"    #define LG_REG_{r} (x->regid[LG_R_{r}])\n" for r in REGISTERS) + r"""
     static uint64_t lg_now(void)
     {
         struct timespec t;

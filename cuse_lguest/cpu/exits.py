@@ -30,7 +30,7 @@ import ctypes
 import os
 from typing import Callable
 
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INTR, Uc
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INTR, Uc, x86_const
 from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, uccallback, uclib
 
 from cuse_lguest import abi
@@ -76,6 +76,8 @@ class NativeExits:
         # What Machine.flush_tlb passes: the binding encodes (op << 30) | (nargs << 26) | control.
         x.tlb_flush = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH
         x.cr0_ts = cr0_ts
+        for name, index in ffi.typeof("enum lg_register").relements.items():
+            x.regid[index] = getattr(x86_const, "UC_X86_REG_" + name.removeprefix("LG_R_"))
         view = ctx.native_view()
         x.ctx = ffi.cast("char *", view.address)
         x.ctx_error_code, x.ctx_is_int, x.ctx_old_exception = view.error_code, view.is_int, view.old_exception
