@@ -216,6 +216,16 @@ def test_the_peer_closing_ends_the_server_cleanly(serve):
     assert cuse_guest_double.made[0].destroyed
 
 
+def _wait_for_shutdown_to_begin(server) -> None:
+    """Hold a request's handler until server.shutdown() has started (at most 5 s)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with server._lock:
+            if server._closing:
+                return
+        time.sleep(0.01)
+
+
 def test_an_initialize_that_meets_shutdown_is_never_answered_after_the_session_is_freed(serve, monkeypatch):
     """An INITIALIZE checked in just before shutdown began must not get a thread that answers it
     once the session is gone: an answer to a freed session is a use after free in the root service."""
@@ -226,12 +236,7 @@ def test_an_initialize_that_meets_shutdown_is_never_answered_after_the_session_i
     real_vcpu = server._vcpu
 
     def vcpu_after_shutdown_began(fh, offset):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with server._lock:
-                if server._closing:
-                    break
-            time.sleep(0.01)
+        _wait_for_shutdown_to_begin(server)
         return real_vcpu(fh, offset)
 
     def write_once_freed(*args, **kwargs):      # the INITIALIZE thread, if there is one
@@ -280,12 +285,7 @@ def test_an_open_that_meets_shutdown_leaves_no_file_and_no_thread(serve, monkeyp
     real_open = server.device.open
 
     def open_after_shutdown_began(*args, **kwargs):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with server._lock:
-                if server._closing:
-                    break
-            time.sleep(0.01)
+        _wait_for_shutdown_to_begin(server)
         return real_open(*args, **kwargs)
     monkeypatch.setattr(server.device, "open", open_after_shutdown_began)
     s.peer.send(14, struct.pack("<II", os.O_RDWR, 0))     # OPEN
