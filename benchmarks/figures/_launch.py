@@ -67,8 +67,30 @@ def time_to_marker(kernel: pathlib.Path, initrd: pathlib.Path | None, args: list
     return seen[0] - start
 
 
-class LineStamps:
-    """Fed console bytes as they arrive; notes when the first line starting with each prefix completed.
+class ConsoleLines:
+    """Console bytes fed as they arrive, handed on a whole line at a time with the host time it completed.
+
+    The early console and the virtio console feed from two threads, so the
+    split is under a lock; a subclass says what a line means in `line()`.
+    """
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    def feed(self, data: bytes) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for raw in lines:
+                self.line(raw, now)
+
+    def line(self, raw: bytes, now: float) -> None:
+        raise NotImplementedError
+
+
+class LineStamps(ConsoleLines):
+    """Notes when the first line starting with each prefix completed.
 
     The clock is the host's (time.perf_counter at the line's newline), so it
     means the same for any guest whose console reaches us as a stream.  The
@@ -76,22 +98,17 @@ class LineStamps:
     """
 
     def __init__(self, prefixes: Iterable[str]) -> None:
+        super().__init__()
         self.prefixes = tuple(prefixes)
         self.at: dict[str, float] = {}
         self.lines: dict[str, str] = {}
-        self._partial = b""
-        self._lock = threading.Lock()        # the early console and the virtio console feed from two threads
 
-    def feed(self, data: bytes) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace").replace("\r", "")
-                for prefix in self.prefixes:
-                    if prefix not in self.at and line.startswith(prefix):
-                        self.at[prefix] = now
-                        self.lines[prefix] = line
+    def line(self, raw: bytes, now: float) -> None:
+        line = raw.decode(errors="replace").replace("\r", "")
+        for prefix in self.prefixes:
+            if prefix not in self.at and line.startswith(prefix):
+                self.at[prefix] = now
+                self.lines[prefix] = line
 
     def span(self, start: str, end: str) -> float:
         """Seconds from the `start` line to the `end` line; KeyError if either never came."""

@@ -17,9 +17,8 @@ from __future__ import annotations
 import gzip
 import pathlib
 import re
-import threading
-import time
 
+from benchmarks.figures._launch import ConsoleLines
 from cuse_lguest.vm import cpio
 
 FORKS = 100                 # fork+exec of /bin/true (a path, so ash really execs busybox)
@@ -53,25 +52,20 @@ def build_initrd(base: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     return out
 
 
-class MarkClock:
-    """Fed console bytes as they arrive; notes when each marker line completed, host- and guest-side."""
+class MarkClock(ConsoleLines):
+    """Notes when each marker line completed, host- and guest-side."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.host: dict[str, float] = {}     # perf_counter when the marker's line ended
         self.guest: dict[str, float] = {}    # the guest's /proc/uptime in that line
-        self._partial = b""
-        self._lock = threading.Lock()        # the early console and the virtio console feed from two threads
 
-    def feed(self, data: bytes) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            for line in lines:
-                found = _MARK.search(line)
-                if found:
-                    name = found.group(1).decode()
-                    self.host[name] = now
-                    self.guest[name] = float(found.group(2))
+    def line(self, raw: bytes, now: float) -> None:
+        found = _MARK.search(raw)
+        if found:
+            name = found.group(1).decode()
+            self.host[name] = now
+            self.guest[name] = float(found.group(2))
 
     def phase(self, name: str) -> tuple[float, float]:
         """(host seconds, guest seconds) from `name`-start to `name`-end; KeyError if either is missing."""
