@@ -98,6 +98,12 @@ X86_EFLAGS_VM = 0x20000
 # GDT layout of the i386 Guest (spec §4.5) and the selectors the host loads.
 GDT_ENTRY_TLS_MIN = 6
 GDT_ENTRY_TLS_ENTRIES = 3
+# A descriptor's DPL field and "accessed" type bit, which lguest's fix-up changes (cpu/gdt.py).
+DESC_DPL_SHIFT = 45
+DESC_DPL_MASK = 3 << DESC_DPL_SHIFT
+DESC_ACCESSED = 1 << 40
+# SET_STACK's third argument: how many pages of kernel stack the Guest names (at most two).
+KERNEL_STACK_PAGES_MAX = 2
 GDT_ENTRY_LGUEST_CS = 10       # host-owned
 GDT_ENTRY_LGUEST_DS = 11       # host-owned
 GDT_ENTRY_KERNEL_CS = 12

@@ -95,7 +95,7 @@ class Hypercalls:
     def _set_stack(self, ss: int, esp: int, pages: int, _: int) -> None:
         if ss & 3 != abi.GUEST_PL:
             raise GuestFault(f"bad stack segment {ss}")
-        if pages > 2:
+        if pages > abi.KERNEL_STACK_PAGES_MAX:
             raise GuestFault(f"bad stack pages {pages}")
         for i in range(pages):
             page = (esp - 1 - i * abi.PAGE_SIZE) & 0xFFFFFFFF

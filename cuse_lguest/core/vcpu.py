@@ -74,7 +74,6 @@ class VCpu:
         self.ld: LguestData | None = None
         self.ring: AsyncRing | None = None
         self.idt: list[tuple[int, int, int] | None] = [None] * abi.IDT_ENTRIES
-        self.kernel_stack = (0, 0)
         self._halted = False
         self.need_flush = False
         self.hcall: tuple[int, int, int, int, int] | None = None
@@ -281,8 +280,12 @@ class VCpu:
         self.idt[vector] = gate
         self.exits.set_gate(vector, gate)
 
+    @property
+    def kernel_stack(self) -> tuple[int, int]:
+        """SET_STACK's (SS, ESP): kept by the native exits, which run a task switch's SET_STACK themselves."""
+        return self.exits.kernel_stack
+
     def set_kernel_stack(self, ss: int, esp: int) -> None:
-        self.kernel_stack = (ss, esp)
         self.exits.set_kernel_stack(ss, esp)
 
     @property

@@ -20,12 +20,21 @@ lose TF, VM, RF and NT; the ring switch patches CS, SS and the CPL in a
 saved context exactly as Machine.enter_ring1 does, and old_exception is
 reset as SavedContext.clear_old_exception does.
 
-What C handles from ring 1: a hypercall that needs no decision (SET_PTE,
-SET_PGD, TS, FLUSH_TLB, FLUSH_ASYNC, SEND_INTERRUPTS) when every call queued
-in the async ring is a SET_PTE, SET_PGD, TS or FLUSH_TLB.  It does what VCpu._hypercall does: drain the
-ring from the shared cursor (each call counted in its async slot), run the
-call, flush the TLB once if any of them asked for it.  Each call is checked
-first as Hypercalls checks it; one that would kill the Guest is Python's.
+What C handles from ring 1: a hypercall that needs no decision, and the
+async ring before it.  It does what VCpu._hypercall does: drain the ring
+from the shared cursor (each call counted in its async slot), run the call,
+flush the TLB once if any of them asked for it.  The calls C runs are
+SET_PTE, SET_PGD, TS, FLUSH_TLB, and what a Linux task switch queues:
+LOAD_TLS (the three descriptors into the live GDT with lguest's fix-up),
+SET_STACK, and NEW_PGTABLE once paging is on (lg_pgd_copy, then CR3); and
+synchronously also FLUSH_ASYNC and SEND_INTERRUPTS.  Each call is checked
+as Hypercalls checks it, against the state the calls before it left, just
+before it runs; one that would kill the Guest, or any other call, ends
+C's part there, and Python goes on from the cursor: what C ran is the
+prefix of Python's own drain, so the two cannot disagree.
+
+And a page fault of the Guest kernel (ring 1), reflected as a user one is
+(CR2, the frame with the error code), on the stack the kernel was using.
 
 What C handles of HALT from ring 1 (lg_native_halt): the async ring as
 above, then the halted Guest's half of VCpu._service and its sleep.  If an
@@ -53,22 +62,24 @@ it is in through `halting` (VCpu.halted reads both), which matters only to
 other threads that ask (tests waiting for the halt); nothing on the vCPU
 thread runs while C is in HALT except the sync point, which does not look.
 
-What C leaves to Python (returns before it has changed anything): the
-feature switched off, no lguest_data yet, a gate that is missing or refuses
-ring 3, #NM while the Guest has not asked for TS, a frame or page-table page that does not translate
-into Guest RAM, a page fault whose page directory slot the Guest changed
-behind our back (the mirror needs a re-copy), any other hypercall or any
-other call in the ring, a Guest that is dead, an interrupt request from the
-device, an LHREQ_IRQ the vCPU has not yet looked at, or a pending IRQ the
-Guest has not blocked.  Python would have acted on those right after the
+What C leaves to Python (returns before it has changed anything, bar the
+ring's prefix above): the feature switched off, no lguest_data yet, a gate
+that is missing or refuses ring 3, #NM while the Guest has not asked for
+TS, any other trap from ring 1, a frame or page-table page that does not
+translate into Guest RAM, a page fault whose page directory slot the Guest
+changed behind our back (the mirror needs a re-copy), the first
+NEW_PGTABLE (it turns paging on), any other hypercall, a Guest that is
+dead, an interrupt request from the device, an LHREQ_IRQ the vCPU has not
+yet looked at, or a pending IRQ the Guest has not blocked.  Python would have acted on those right after the
 exit; here it simply does it all.
 
-The Guest state C reads lives in struct lg_exits and is written by Python
-whenever it changes (LOAD_IDT_ENTRY, SET_STACK, LGUEST_INIT, NEW_PGTABLE):
-Python stays the owner, C keeps a copy.  The ring cursor and the TS request
-are the words both sides change; they live here and Python uses them in
-place (AsyncRing.cursor, VCpu.ts).  Both run on the
-vCPU thread only.
+The Guest state C only reads lives in struct lg_exits and is written by
+Python whenever it changes (LOAD_IDT_ENTRY, LGUEST_INIT): Python stays the
+owner, C keeps a copy.  What both sides change has one home that Python
+uses in place: the ring cursor, the TS request and the kernel stack here
+(AsyncRing.cursor, VCpu.ts, VCpu.kernel_stack), the current Guest page
+directory in the mirror's struct lg_mirror, the GDT in the switcher
+region (HostGdt.entry).  Both run on the vCPU thread only.
 The C side never takes the GIL.
 
 Nothing here links libunicorn: uc_reg_read, uc_reg_write, uc_context_save,
@@ -97,7 +108,7 @@ def _abi():
 
 abi = _abi()
 # The registers C reads or writes: x->regid[LG_R_<name>] holds UC_X86_REG_<name>.
-REGISTERS = ("CS", "SS", "ESP", "EIP", "EFLAGS", "CR2", "CR0", "EAX", "EBX", "ECX", "EDX", "ESI")
+REGISTERS = ("CS", "SS", "ESP", "EIP", "EFLAGS", "CR2", "CR0", "CR3", "EAX", "EBX", "ECX", "EDX", "ESI")
 _DEFINES = {
     "LG_IDT_ENTRIES": abi.IDT_ENTRIES,
     "LG_GDT_ENTRIES": abi.GDT_ENTRIES,
@@ -134,6 +145,16 @@ _DEFINES = {
     "LG_PTE_DIRTY": abi.PTE_DIRTY,
     "LG_PTE_PSE": abi.PTE_PSE,
     "LG_PTRS_PER_PGD": abi.PTRS_PER_PGD,
+    "LG_PAGE_SIZE": abi.PAGE_SIZE,
+    "LG_HC_LOAD_TLS": abi.LHCALL_LOAD_TLS,
+    "LG_HC_SET_STACK": abi.LHCALL_SET_STACK,
+    "LG_HC_NEW_PGTABLE": abi.LHCALL_NEW_PGTABLE,
+    "LG_GDT_TLS_MIN": abi.GDT_ENTRY_TLS_MIN,
+    "LG_GDT_TLS_ENTRIES": abi.GDT_ENTRY_TLS_ENTRIES,
+    "LG_DESC_DPL_MASK": abi.DESC_DPL_MASK,
+    "LG_DESC_DPL_GUEST": abi.GUEST_PL << abi.DESC_DPL_SHIFT,
+    "LG_DESC_ACCESSED": abi.DESC_ACCESSED,
+    "LG_STACK_PAGES_MAX": abi.KERNEL_STACK_PAGES_MAX,
 }
 
 _CDEF = """
@@ -142,6 +163,10 @@ _CDEF = """
         uint32_t offset;
         uint32_t dpl;
         uint32_t type;                  /* 0: no gate */
+    };
+    struct lg_mirror {                  /* PageDirectoryMirror's: which Guest table is current */
+        int paging;                     /* 0: linear mode, virtual is physical */
+        uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
     };
     struct lg_exits {
         /* libunicorn, taken from the loaded library at run time */
@@ -163,6 +188,8 @@ _CDEF = """
         uint64_t limit;
         uint64_t pfnlimit;
         uint32_t *host_pd;              /* the page directory mirror (switcher region) */
+        uint32_t pd_addr;               /* its address, CR3's value while paging */
+        uint32_t switcher_pde;          /* what its switcher slot holds */
         uint32_t switcher_slot;         /* its first slot that is not the Guest's */
         uint32_t switcher_base;         /* no SET_PTE may name an address from here up */
         uint64_t *gdt;                  /* the live GDT (switcher region) */
@@ -173,8 +200,7 @@ _CDEF = """
         int enabled;
         int have_ld;
         uint32_t ld;
-        int paging;
-        uint32_t guest_pgd;             /* gpa of the Guest's top level, when paging */
+        struct lg_mirror *mirror;       /* the mirror's own: C changes it at NEW_PGTABLE */
         uint32_t kstack_ss, kstack_esp;
         int ts;                         /* the Guest asked for CR0.TS (LHCALL_TS); VCpu.ts reads it */
         uint32_t cr0_ts;                /* CR0's TS bit (Machine.set_ts) */
@@ -252,7 +278,7 @@ _SOURCE = r"""
      * table outside RAM, where Python's read would kill the Guest). */
     static int lg_translate(struct lg_exits *x, uint32_t vaddr, uint64_t *gpa)
     {
-        if (!x->paging) {
+        if (!x->mirror->paging) {
             *gpa = vaddr;
             return 1;
         }
@@ -287,7 +313,7 @@ _SOURCE = r"""
      * entry as our copy must hold it, or 0 where Python would kill the Guest. */
     static int lg_guest_pde(struct lg_exits *x, uint32_t index, uint32_t *entry)
     {
-        uint64_t at = (uint64_t)x->guest_pgd + index * 4;
+        uint64_t at = (uint64_t)x->mirror->guest_pgd + index * 4;
         if (!lg_in_ram(x, at, 4))
             return 0;
         uint32_t e = lg_rd32(x, at);
@@ -306,7 +332,7 @@ _SOURCE = r"""
     static int lg_pde_current(struct lg_exits *x, uint32_t vaddr)
     {
         uint32_t index = vaddr >> 22, entry;
-        if (!x->paging || index >= x->switcher_slot)
+        if (!x->mirror->paging || index >= x->switcher_slot)
             return 1;
         return lg_guest_pde(x, index, &entry) && x->host_pd[index] == entry;
     }
@@ -402,7 +428,7 @@ _SOURCE = r"""
     /* Does SET_PGD(a1 = top level, a2 = index) touch our copy (Hypercalls._set_pgd)? */
     static int lg_pgd_applies(struct lg_exits *x, const struct lg_call *c)
     {
-        return x->paging && x->guest_pgd == (c->a1 & LG_FRAME) && c->a2 < x->switcher_slot;
+        return x->mirror->paging && x->mirror->guest_pgd == (c->a1 & LG_FRAME) && c->a2 < x->switcher_slot;
     }
 
     /* Would Hypercalls.execute finish this call without a decision and without
@@ -460,62 +486,116 @@ _SOURCE = r"""
         memcpy(c, x->ram + x->ld + LG_LD_HCALLS + slot * sizeof *c, sizeof *c);
     }
 
-    /* AsyncRing.drain's walk, looking only: how many calls are queued from the
-     * cursor on, or -1 if one of them is not simple. */
-    static int lg_ring_queued(struct lg_exits *x)
+    /* ---- the task switch: LOAD_TLS, SET_STACK, NEW_PGTABLE (Linux queues them at
+     * every switch and flushes the ring) ---- */
+
+    /* Hypercalls._load_tls and HostGdt.load_tls: the three TLS descriptors from
+     * Guest RAM into the live GDT, each with lguest's fix-up (fix_descriptor).
+     * 0 with nothing written where Python's read would kill the Guest. */
+    static int lg_load_tls(struct lg_exits *x, uint32_t gpa)
     {
-        const uint8_t *status = x->ram + x->ld + LG_LD_HCALL_STATUS;
-        uint8_t queued[LG_RING_SIZE];
-        uint32_t slot = x->ring_cursor % LG_RING_SIZE;
-        int n = 0;
-        struct lg_call c;
-        if (status[slot] == LG_HCALL_FREE)
+        if (!lg_in_ram(x, gpa, 8 * LG_GDT_TLS_ENTRIES))
             return 0;
-        memcpy(queued, status, sizeof queued);    /* one copy, as drain() takes */
-        for (; n < (int)LG_RING_SIZE && queued[slot] != LG_HCALL_FREE; n++) {
-            lg_ring_call(x, slot, &c);
-            if (!lg_call_simple(x, &c, 1))
-                return -1;
-            slot = (slot + 1) % LG_RING_SIZE;
+        for (uint32_t k = 0; k < LG_GDT_TLS_ENTRIES; k++) {
+            uint64_t desc;
+            memcpy(&desc, x->ram + gpa + 8 * k, 8);
+            if (!(desc & LG_DESC_DPL_MASK))
+                desc |= LG_DESC_DPL_GUEST;
+            x->gdt[LG_GDT_TLS_MIN + k] = desc | LG_DESC_ACCESSED;
         }
-        return n;
+        return 1;
     }
 
-    /* AsyncRing.drain's work for `n` simple calls; 1 if the TLB needs a flush. */
-    static int lg_ring_run(struct lg_exits *x, int n)
+    /* Hypercalls._set_stack: each named page must translate into Guest RAM.
+     * 0 with nothing changed where Python would kill the Guest. */
+    static int lg_set_stack(struct lg_exits *x, uint32_t ss, uint32_t esp, uint32_t pages)
+    {
+        if ((ss & 3) != LG_GUEST_PL || pages > LG_STACK_PAGES_MAX)
+            return 0;
+        for (uint32_t i = 0; i < pages; i++) {
+            uint64_t gpa;
+            if (!lg_translate(x, esp - 1 - i * LG_PAGE_SIZE, &gpa) || gpa >= x->limit)
+                return 0;
+        }
+        x->kstack_ss = ss;
+        x->kstack_esp = esp;
+        return 1;
+    }
+
+    /* Machine.new_pgtable once paging is on (the first one, which turns it on,
+     * is Python's): PageDirectoryMirror.load's copy and check, then CR3, whose
+     * write also flushes Unicorn's TLB.  0 with nothing changed where Python
+     * would kill the Guest. */
+    static int lg_new_pgtable(struct lg_exits *x, uint32_t pgd)
+    {
+        if (!x->mirror->paging || !lg_in_ram(x, pgd & LG_FRAME, LG_PAGE_SIZE)
+            || lg_pgd_copy(x->ram, x->limit, x->pfnlimit, pgd, x->host_pd, x->switcher_slot, x->switcher_pde))
+            return 0;
+        x->mirror->guest_pgd = pgd & LG_FRAME;
+        lg_set_reg(x, LG_REG_CR3, x->pd_addr);
+        return 1;
+    }
+
+    /* Hypercalls.execute for one call, checked against the state the calls
+     * before it left, and run when it needs no decision and cannot kill:
+     * 1 when done (*flush set if it wants the TLB flushed), 0 for Python,
+     * nothing changed. */
+    static int lg_call_now(struct lg_exits *x, const struct lg_call *c, int queued, int *flush)
+    {
+        switch (c->nr) {
+        case LG_HC_LOAD_TLS:
+            return lg_load_tls(x, c->a1);
+        case LG_HC_SET_STACK:
+            return lg_set_stack(x, c->a1, c->a2, c->a3);
+        case LG_HC_NEW_PGTABLE:
+            return lg_new_pgtable(x, c->a1);
+        }
+        if (!lg_call_simple(x, c, queued))
+            return 0;
+        *flush |= lg_call_run(x, c);
+        return 1;
+    }
+
+    /* AsyncRing.drain, for as long as C can run each call: from the shared
+     * cursor, in ring order, one copy of the status bytes, each call counted
+     * in its async slot and its slot freed.  1 when the ring is drained, 0
+     * when a call is left at the cursor for Python (what ran is the prefix of
+     * Python's own drain, which goes on from there). */
+    static int lg_ring_drain(struct lg_exits *x, int *flush)
     {
         uint8_t *status = x->ram + x->ld + LG_LD_HCALL_STATUS;
-        int flush = 0;
+        uint8_t queued[LG_RING_SIZE];
         struct lg_call c;
-        for (; n > 0; n--) {
+        if (status[x->ring_cursor % LG_RING_SIZE] == LG_HCALL_FREE)
+            return 1;
+        memcpy(queued, status, sizeof queued);    /* one copy, as drain() takes */
+        for (uint32_t n = 0; n < LG_RING_SIZE; n++) {
             uint32_t slot = x->ring_cursor % LG_RING_SIZE;
+            if (queued[slot] == LG_HCALL_FREE)
+                break;
             uint64_t started = lg_now();
             lg_ring_call(x, slot, &c);
-            flush |= lg_call_run(x, &c);
+            if (!lg_call_now(x, &c, 1, flush))
+                return 0;
             lg_stat(x, x->async_slot_base + (c.nr < x->hcall_slots ? c.nr : x->hcall_slots - 1),
                     lg_now() - started);
             status[slot] = LG_HCALL_FREE;
             x->ring_cursor = (slot + 1) % LG_RING_SIZE;
         }
-        return flush;
+        return 1;
     }
 
-    /* VCpu._hypercall for a simple call whose ring holds only simple calls:
-     * its stats slot, or -1 for Python (nothing done yet). */
+    /* VCpu._hypercall: the ring, then the call.  Its stats slot, or -1 for
+     * Python, which goes on from wherever C stopped. */
     static int lg_native_hcall(struct lg_exits *x)
     {
         struct lg_call c = { lg_reg(x, LG_REG_EAX), lg_reg(x, LG_REG_EBX), lg_reg(x, LG_REG_ECX),
                              lg_reg(x, LG_REG_EDX), lg_reg(x, LG_REG_ESI) };
-        if (!lg_call_simple(x, &c, 0))
-            return -1;
-        int n = lg_ring_queued(x);
-        if (n < 0)
-            return -1;
-        int flush = lg_ring_run(x, n);
-        flush |= lg_call_run(x, &c);
+        int flush = 0;
+        int done = lg_ring_drain(x, &flush) && lg_call_now(x, &c, 0, &flush);
         if (flush)
             x->ctl(x->uc, x->tlb_flush);
-        return (int)(x->hcall_slot_base + c.nr);
+        return done ? (int)(x->hcall_slot_base + c.nr) : -1;
     }
 
     /* handshake.write_time: lguest_data.time = CLOCK_REALTIME as {u32 sec, u32 nsec}, in one write. */
@@ -598,15 +678,47 @@ _SOURCE = r"""
         uint32_t eip = lg_reg(x, LG_REG_EIP);
         if (!x->irq_sleep || (eip >= x->noirq_start && eip < x->noirq_end))
             return -1;                  /* no line, or the retry tick's case: Python's */
-        int n = lg_ring_queued(x);
-        if (n < 0)
-            return -1;
-        if (lg_ring_run(x, n))
+        int flush = 0, drained = lg_ring_drain(x, &flush);
+        if (flush)
             x->ctl(x->uc, x->tlb_flush);
+        if (!drained)
+            return -1;
         __atomic_store_n(&x->halting, 1, __ATOMIC_SEQ_CST);
         int slot = lg_halt_until_irq(x, eip);
         __atomic_store_n(&x->halting, 0, __ATOMIC_SEQ_CST);
         return slot;
+    }
+
+    /* interrupts.page_fault, the context saved: CR2 for the Guest, then the
+     * frame with the error code.  0 for Python (the mirror needs a re-copy,
+     * or the frame does not translate).  Should the frame fail, Python's
+     * first step is to write the very same CR2, so writing it here changes
+     * nothing. */
+    static int lg_reflect_page_fault(struct lg_exits *x, const struct lg_gate *gate, uint32_t cs)
+    {
+        uint32_t cr2 = lg_reg(x, LG_REG_CR2);
+        uint32_t err = (uint32_t)*(int32_t *)(x->ctx + x->ctx_error_code);
+        if (!lg_pde_current(x, cr2))
+            return 0;
+        lg_wr32(x, x->ld + LG_LD_CR2, cr2);
+        return lg_push_frame(x, gate, cs, 1, err, lg_reg(x, LG_REG_EIP));
+    }
+
+    /* A page fault of the Guest kernel (ring 1): the 3.x host reflected it
+     * exactly as a user one once its shadow fix-up found the fault real, and
+     * with our MMU walking the Guest's own tables every fault whose page
+     * directory slot is current is real.  The frame stays on the kernel's
+     * stack.  Its stats slot, or -1 for Python (which also takes an `int $14`
+     * from the kernel: a software interrupt, not a fault). */
+    static int lg_kernel_page_fault(struct lg_exits *x, uint32_t cs)
+    {
+        const struct lg_gate *gate = &x->idt[LG_PAGE_FAULT];
+        if (!gate->type || !lg_quiet(x))
+            return -1;
+        x->context_save(x->uc, x->ctx);
+        if (*(int32_t *)(x->ctx + x->ctx_is_int) || !lg_reflect_page_fault(x, gate, cs))
+            return -1;
+        return (int)(x->trap_slot_base + 2 * LG_PAGE_FAULT);
     }
 
     /* The exit as C can finish it: its stats slot, or -1 for Python. */
@@ -620,6 +732,8 @@ _SOURCE = r"""
                 return lg_native_halt(x);
             return lg_quiet(x) ? lg_native_hcall(x) : -1;
         }
+        if (intno == LG_PAGE_FAULT && (cs & 3) == LG_GUEST_PL)
+            return lg_kernel_page_fault(x, cs);
         if ((cs & 3) != 3 || !lg_quiet(x))
             return -1;
         const struct lg_gate *gate = &x->idt[intno];
@@ -632,15 +746,7 @@ _SOURCE = r"""
             if (!lg_push_frame(x, gate, cs, 0, 0, lg_reg(x, LG_REG_EIP)))
                 return -1;
         } else if (intno == LG_PAGE_FAULT) {
-            /* interrupts.page_fault: CR2 for the Guest, then the frame with
-             * the error code.  Should the frame fail, Python's first step is
-             * to write the very same CR2, so writing it here changes nothing. */
-            uint32_t cr2 = lg_reg(x, LG_REG_CR2);
-            uint32_t err = (uint32_t)*(int32_t *)(x->ctx + x->ctx_error_code);
-            if (!lg_pde_current(x, cr2))
-                return -1;              /* the mirror needs a re-copy: Python's */
-            lg_wr32(x, x->ld + LG_LD_CR2, cr2);
-            if (!lg_push_frame(x, gate, cs, 1, err, lg_reg(x, LG_REG_EIP)))
+            if (!lg_reflect_page_fault(x, gate, cs))
                 return -1;
         } else if (intno == LG_NO_FPU && !x->ts) {
             return -1;                  /* lazy FPU state is the host's business: Python's */

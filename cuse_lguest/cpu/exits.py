@@ -13,11 +13,13 @@ Python handler it was given, behind the binding's own exception guard (an
 exception there stops emulation and is raised by emu_start, as for any
 hook).
 
-C reads a copy of the Guest's IDT, kernel stack, lguest_data address,
-page directory.  Python owns them and calls the setters below whenever one
-changes, so the copy is never stale.  Two words both sides change live
-here and Python uses them in place: the async ring's cursor and the
-Guest's TS request.
+C reads a copy of the Guest's IDT and lguest_data address.  Python owns
+them and calls the setters below whenever one changes, so the copy is
+never stale.  What a Linux task switch changes, which C runs itself, has
+one home that both sides use in place: the async ring's cursor, the
+Guest's TS request and kernel stack (here), the live GDT (the switcher
+region) and which Guest page directory is current (the mirror's struct
+lg_mirror).
 
 The switch: `CUSE_LGUEST_NATIVE_EXITS=0` in the environment, or
 `enabled = False` on a running vCPU's NativeExits, sends every exit to
@@ -36,6 +38,7 @@ from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, uccallback, uclib
 from cuse_lguest import abi
 from cuse_lguest.cpu._exits import ffi, lib
 from cuse_lguest.cpu.context import SavedContext
+from cuse_lguest.cpu.paging import PageDirectoryMirror
 from cuse_lguest.cpu.stopper import library_symbol
 from cuse_lguest.cpu.switcher import GDT_ADDR, PD_ADDR, SWITCHER_BASE, SWITCHER_PDE_INDEX, SwitcherRegion
 from cuse_lguest.memory.guest_memory import GuestMemory
@@ -64,7 +67,7 @@ class NativeExits:
     """
 
     def __init__(self, uc: Uc, ctx: SavedContext, memory: GuestMemory, region: SwitcherRegion,
-                 cr0_ts: int, on_intr: Callable[[int], None]) -> None:
+                 pgdir: PageDirectoryMirror, cr0_ts: int, on_intr: Callable[[int], None]) -> None:
         self._x = x = ffi.new("struct lg_exits *")
         self._uc = uc
         x.uc = ffi.cast("void *", ctypes.cast(uc._uch, ctypes.c_void_p).value)
@@ -90,6 +93,9 @@ class NativeExits:
         x.limit = memory.limit
         x.pfnlimit = memory.pfnlimit
         x.host_pd = ffi.cast("uint32_t *", region.host_address(PD_ADDR))
+        x.mirror = pgdir.native
+        x.pd_addr = PD_ADDR
+        x.switcher_pde = region.switcher_pde
         x.switcher_slot = SWITCHER_PDE_INDEX
         x.switcher_base = SWITCHER_BASE
         x.gdt = ffi.cast("uint64_t *", region.host_address(GDT_ADDR))
@@ -155,6 +161,11 @@ class NativeExits:
         g = self._x.idt[vector]
         g.offset, g.dpl, g.type = offset, dpl, kind
 
+    @property
+    def kernel_stack(self) -> tuple[int, int]:
+        """SET_STACK's (SS, ESP), as Python or C (at a task switch) last set it."""
+        return self._x.kstack_ss, self._x.kstack_esp
+
     def set_kernel_stack(self, ss: int, esp: int) -> None:
         self._x.kstack_ss, self._x.kstack_esp = ss, esp
 
@@ -174,7 +185,3 @@ class NativeExits:
             raise ValueError("lguest_data outside Guest RAM")
         self._x.noirq_start, self._x.noirq_end = noirq
         self._x.ld, self._x.have_ld = gpa, 1
-
-    def set_page_directory(self, gpa: int | None) -> None:
-        """The Guest's current top level (None: paging still off, virtual is physical)."""
-        self._x.paging, self._x.guest_pgd = (0, 0) if gpa is None else (1, gpa)

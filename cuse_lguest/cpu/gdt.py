@@ -7,18 +7,21 @@ never get ring 0), and the "accessed" type bit is set, so the CPU never
 writes to the GDT (ours is read-only).  Entries 10, 11 (the host's own
 segments), 16 (TSS) and 31 (double-fault TSS) are accepted but never made
 live.
+
+The live GDT in the switcher region is the only copy: the native exits
+(cpu/_exits_build.py) run LOAD_TLS at a Linux task switch and write its
+three entries there themselves, so entry() reads it back rather than
+keeping a Python list that C could not update.
 """
 from __future__ import annotations
 
 import struct
 
 from cuse_lguest import abi
-from cuse_lguest.cpu.switcher import BOOT_CS, BOOT_DS, GDT_ADDR, SwitcherRegion
+from cuse_lguest.cpu.switcher import BOOT_CS, BOOT_DS, GDT_ADDR, SWITCHER_BASE, SwitcherRegion
 from cuse_lguest.memory.errors import GuestFault
 
-_DESC_DPL_SHIFT = 45
-_DESC_DPL_MASK = 3 << _DESC_DPL_SHIFT
-_DESC_ACCESSED = 1 << 40
+_U64 = struct.Struct("<Q")
 
 
 def flat_descriptor(dpl: int, code: bool) -> int:
@@ -29,9 +32,9 @@ def flat_descriptor(dpl: int, code: bool) -> int:
 
 def fix_descriptor(desc: int) -> int:
     """lguest's fix-up: DPL 0 -> GUEST_PL, and mark it accessed."""
-    if desc & _DESC_DPL_MASK == 0:
-        desc |= abi.GUEST_PL << _DESC_DPL_SHIFT
-    return desc | _DESC_ACCESSED
+    if desc & abi.DESC_DPL_MASK == 0:
+        desc |= abi.GUEST_PL << abi.DESC_DPL_SHIFT
+    return desc | abi.DESC_ACCESSED
 
 
 def cache_of(desc: int) -> tuple[int, int, int]:
@@ -49,7 +52,6 @@ class HostGdt:
 
     def __init__(self, region: SwitcherRegion) -> None:
         self._region = region
-        self.entries = [0] * abi.GDT_ENTRIES
         self._set(abi.GDT_ENTRY_KERNEL_CS, flat_descriptor(abi.GUEST_PL, True))
         self._set(abi.GDT_ENTRY_KERNEL_DS, flat_descriptor(abi.GUEST_PL, False))
         # Ring 0 for the boot stub's single iret; retired at the first exit.
@@ -60,8 +62,11 @@ class HostGdt:
     base = GDT_ADDR
 
     def _set(self, index: int, desc: int) -> None:
-        self.entries[index] = desc
-        self._region.write_bytes(GDT_ADDR + index * 8, struct.pack("<Q", desc))
+        _U64.pack_into(self._region.view, GDT_ADDR - SWITCHER_BASE + index * 8, desc)
+
+    def entry(self, index: int) -> int:
+        """The live descriptor `index`, as the CPU reads it."""
+        return _U64.unpack_from(self._region.view, GDT_ADDR - SWITCHER_BASE + index * 8)[0]
 
     def retire_boot_segments(self) -> None:
         """The Guest is at CPL 1 now: no ring-0 descriptor may stay live."""

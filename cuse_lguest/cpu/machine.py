@@ -85,7 +85,7 @@ class Machine:
         """Traps and software interrupts go to the native hook, and on to on_intr(vector) for
         what it leaves (cpu/exits.py); ud2 & co to on_invalid()."""
         uc = self.uc
-        self.exits = NativeExits(uc, self.ctx, self.memory, self.region, CR0_TS, on_intr)
+        self.exits = NativeExits(uc, self.ctx, self.memory, self.region, self.pgdir, CR0_TS, on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, lambda _uc, _ud: on_invalid())
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
@@ -142,7 +142,6 @@ class Machine:
         """Switch to (a copy of) the Guest's page directory; the first call turns paging on."""
         first = not self.pgdir.paging
         self.pgdir.load(pgd_gpa)
-        self.exits.set_page_directory(self.pgdir.guest_pgd)
         self.regs.write(UC_X86_REG_CR3, PD_ADDR)              # also flushes Unicorn's TLB
         if first:
             self.regs.write(UC_X86_REG_CR0, self.regs.read(UC_X86_REG_CR0) | CR0_PG | CR0_WP)
@@ -188,8 +187,8 @@ class Machine:
         """From ring 3 to the Guest kernel: CS 0x61 and `ss`, CPL 1 (Unicorn cannot do this by reg_write)."""
         ctx = self.ctx
         ctx.snapshot()
-        ctx.set_segment(SEG_CS, abi.GUEST_CS, *cache_of(self.gdt.entries[abi.GDT_ENTRY_KERNEL_CS]))
-        ctx.set_segment(SEG_SS, ss, *cache_of(self.gdt.entries[(ss >> 3) & 31]))
+        ctx.set_segment(SEG_CS, abi.GUEST_CS, *cache_of(self.gdt.entry(abi.GDT_ENTRY_KERNEL_CS)))
+        ctx.set_segment(SEG_SS, ss, *cache_of(self.gdt.entry((ss >> 3) & 31)))
         ctx.set_cpl(abi.GUEST_PL)
         ctx.clear_old_exception()
         ctx.restore()

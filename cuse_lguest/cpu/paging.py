@@ -11,6 +11,11 @@ bits lguest allowed), which is where the real host killed a Guest with
 
 Before the first NEW_PGTABLE the Guest runs in linear mode: paging is off
 and virtual = guest-physical.
+
+Which Guest table is current lives in a small C struct (struct lg_mirror),
+not a Python attribute: the native exits (cpu/_exits_build.py) run a Linux
+task switch's NEW_PGTABLE themselves and change it in place, and read it
+for every address they translate.
 """
 from __future__ import annotations
 
@@ -32,11 +37,16 @@ class PageDirectoryMirror:
         self._mem = memory
         self._region = region
         self._host_pd = _ffi.cast("uint32_t *", region.host_address(PD_ADDR))
-        self.guest_pgd: int | None = None     # gpa of the Guest's current top level; None = linear mode
+        self.native = _ffi.new("struct lg_mirror *")     # the native exits read and change it in place
+
+    @property
+    def guest_pgd(self) -> int | None:
+        """gpa of the Guest's current top level; None in linear mode."""
+        return self.native.guest_pgd if self.native.paging else None
 
     @property
     def paging(self) -> bool:
-        return self.guest_pgd is not None
+        return bool(self.native.paging)
 
     def _checked(self, entry: int) -> int:
         if not entry & abi.PTE_PRESENT:
@@ -58,14 +68,14 @@ class PageDirectoryMirror:
         if _pgd_copy(_ffi.cast("uint8_t *", mem.host_address), mem.limit, mem.pfnlimit, pgd_gpa,
                      self._host_pd, SWITCHER_PDE_INDEX, self._region.switcher_pde):
             raise GuestFault("bad page directory entry")
-        self.guest_pgd = pgd_gpa & _FRAME
+        self.native.guest_pgd, self.native.paging = pgd_gpa & _FRAME, 1
 
     def sync(self, index: int) -> bool:
         """Re-copy one slot from the current Guest table (SET_PGD, or a fault that
         the Guest's newer entry explains); True if our copy changed."""
-        if self.guest_pgd is None or index >= SWITCHER_PDE_INDEX:
+        if not self.native.paging or index >= SWITCHER_PDE_INDEX:
             return False
-        entry = self._checked(self._mem.read_u32(self.guest_pgd + index * 4))
+        entry = self._checked(self._mem.read_u32(self.native.guest_pgd + index * 4))
         if self._region.read_u32(PD_ADDR + index * 4) == entry:
             return False
         self._region.write_u32(PD_ADDR + index * 4, entry)
@@ -73,7 +83,7 @@ class PageDirectoryMirror:
 
     def translate(self, vaddr: int) -> int | None:
         """Guest-virtual -> guest-physical as the Guest's tables say, or None if unmapped."""
-        if self.guest_pgd is None:
+        if not self.native.paging:
             return vaddr
         index = vaddr >> 22
         if index >= SWITCHER_PDE_INDEX:

@@ -8,7 +8,10 @@ traces must be identical, and the native run must really have taken the C
 path (its count of natively handled exits), or the comparison proves nothing.
 For the page-table hypercalls, what the Guest read back after each call, its
 death, the async ring (cursor and status bytes), our page directory mirror
-and the profiler's hypercall counts must be identical.
+and the profiler's hypercall counts must be identical.  For task switches
+and kernel (ring 1) page faults, all of that plus the frames, the live GDT
+and the kernel stack, including runs that end on a bad call queued among
+good ones.
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from unicorn import UC_HOOK_CODE
 from unicorn.x86_const import (UC_X86_REG_CS, UC_X86_REG_EFLAGS, UC_X86_REG_ESP, UC_X86_REG_SS)
 
 from cuse_lguest import abi
-from cuse_lguest.core import exitstats
+from cuse_lguest.core import exitstats, interrupts
 from cuse_lguest.cpu import exits
-from cuse_lguest.cpu.switcher import PD_ADDR, SWITCHER_BASE
+from cuse_lguest.cpu.switcher import GDT_ADDR, PD_ADDR, SWITCHER_BASE
 from test_core_support import boot, symbol, wait_until_halted
 
 STUBS = 129            # native/guests/core/entry.S: one 16-byte stub per vector 0..128
@@ -30,10 +33,9 @@ FRAME_WORDS = 6
 USER_CS = 0x73         # the ring-3 code segment the core guests use
 
 
-def trace(build, name: str, native: bool) -> dict:
-    g = boot(build, name)
+def record_frames(g) -> list[dict]:
+    """At the first instruction of every handler the Guest loaded, what the delivery left behind."""
     v = g.guest.vcpu
-    v.exits.enabled = native
     table = symbol(g.elf, "trap_stubs_table")
     frames = []
 
@@ -54,6 +56,14 @@ def trace(build, name: str, native: bool) -> dict:
             "cr2": v.memory.read_u32(v.ld.gpa + abi.LGUEST_DATA_CR2),
         })
     v.machine.uc.hook_add(UC_HOOK_CODE, at_handler, None, table, table + 16 * STUBS - 1)
+    return frames
+
+
+def trace(build, name: str, native: bool) -> dict:
+    g = boot(build, name)
+    v = g.guest.vcpu
+    v.exits.enabled = native
+    frames = record_frames(g)
     try:
         death = g.run_to_end()
         counts = v.stats.snapshot().count
@@ -202,3 +212,98 @@ def test_native_halt_takes_timer_ticks_as_python_does(native_build):
         kinds = [(f["esp"], f["cs"], f["eflags"], f["stack"]) for f in run["frames"]]
         return max(set(kinds), key=kinds.count)
     assert commonest(native) == commonest(python)
+
+
+TASK_SWITCH_CALLS = (abi.LHCALL_LOAD_TLS, abi.LHCALL_SET_STACK, abi.LHCALL_NEW_PGTABLE)
+HARDWARE_TRAP = interrupts.hardware_trap      # the real one, under each run's spy
+
+
+def task_switch_run(build, cmdline: str, native: bool, monkeypatch) -> dict:
+    """taskswitch.c with `cmdline`: every frame, the state a task switch leaves, and what reached Python.
+
+    The state: the live GDT, the kernel stack, our page directory mirror and
+    the Guest table it copies, the async ring (cursor and status bytes), and
+    the profiler's counts of traps, hypercalls and queued hypercalls.  What
+    reached Python: each hypercall Hypercalls.execute ran and each trap
+    interrupts.hardware_trap saw from ring 1 (spies that change nothing)."""
+    g = boot(build, "taskswitch", cmdline)
+    v = g.guest.vcpu
+    v.exits.enabled = native
+    frames = record_frames(g)
+    python_calls, python_ring1 = [], []
+    execute = v.calls.execute
+
+    def spy_execute(nr, *args):
+        python_calls.append((nr, *args))
+        execute(nr, *args)
+    v.calls.execute = spy_execute
+
+    def spy_trap(vcpu, vector, err, eip):
+        if vcpu.regs.read(UC_X86_REG_CS) & 3 == abi.GUEST_PL:
+            python_ring1.append(vector)
+        HARDWARE_TRAP(vcpu, vector, err, eip)
+    monkeypatch.setattr(interrupts, "hardware_trap", spy_trap)
+    try:
+        death = g.run_to_end()
+        counts = v.stats.snapshot().count
+        region, ld, gdt = v.machine.region, v.ld.gpa, GDT_ADDR - SWITCHER_BASE
+        seen = {"death": death, "console": g.console, "frames": frames,
+                "gdt": bytes(region.view[gdt:gdt + 8 * abi.GDT_ENTRIES]),
+                "kernel_stack": v.kernel_stack, "guest_pgd": v.machine.pgdir.guest_pgd,
+                "host_pd": bytes(region.view[PD_ADDR - SWITCHER_BASE:PD_ADDR - SWITCHER_BASE + abi.PAGE_SIZE]),
+                "cursor": v.ring.cursor,
+                "status": v.memory.read_bytes(ld + abi.LGUEST_DATA_HCALL_STATUS, abi.LHCALL_RING_SIZE),
+                "counts": counts[exitstats.TRAP:exitstats.IRQ]}
+    finally:
+        g.close()
+    return seen, python_calls, python_ring1
+
+
+def test_task_switches_and_kernel_page_faults_end_the_same_natively(native_build, monkeypatch):
+    (python, py_calls, py_ring1), (native, c_calls, c_ring1) = (
+        task_switch_run(native_build, "", on, monkeypatch) for on in (False, True))
+    assert python["death"] == "CRASH: task switches done"
+    # Each task saw its own TLS segment and page; the kernel's reads (a demand-paged kernel page,
+    # the TLS entry loaded with DPL 0) came out the same.
+    assert python["console"][:4] == ["tls=0x00007150\n", "window=0x00001000\n",
+                                     "tls=0x00007151\n", "window=0x00001001\n"]
+    assert len(native["frames"]) == len(python["frames"]) > 12 * 4
+    for i, (want, got) in enumerate(zip(python["frames"], native["frames"])):
+        assert got == want, f"trap #{i}: native {got} != python {want}"
+    assert native == python
+    # Kernel page faults from ring 1 reached the handler, with CR2, on the kernel's own stack
+    # (error code, EIP, CS 0x61): the demand-paged page read, and the read-only page written.
+    kernel_faults = [(f["stack"][0], f["cr2"] & ~0xFFF) for f in python["frames"] if f["stack"][2] == abi.GUEST_CS]
+    assert kernel_faults.count((0, 0x3F0000)) == kernel_faults.count((3, 0x3F1000)) == 12
+    pf_slot = exitstats.trap_slot(14, False)
+    # Python ran every task-switch call and every ring-1 fault; natively it saw only the first
+    # NEW_PGTABLE (paging on) and the one fault whose page directory slot changed behind its back.
+    py_nrs, c_nrs = [call[0] for call in py_calls], [call[0] for call in c_calls]
+    assert sum(py_nrs.count(nr) for nr in TASK_SWITCH_CALLS) >= 12 * 3
+    assert [nr for nr in c_nrs if nr in TASK_SWITCH_CALLS] == [abi.LHCALL_NEW_PGTABLE]
+    assert abi.LHCALL_FLUSH_ASYNC not in c_nrs and abi.LHCALL_FLUSH_ASYNC in py_nrs
+    assert py_ring1.count(14) == python["counts"][pf_slot] and c_ring1 == [14]
+
+
+@pytest.mark.parametrize("cmdline, bad_call, death", [
+    ("badtls", abi.LHCALL_LOAD_TLS, "bad read address 0xfffffff0 len 24"),
+    ("badtls-sync", abi.LHCALL_LOAD_TLS, "bad read address 0xfffffff0 len 24"),
+    ("badstack", abi.LHCALL_SET_STACK, "bad stack segment 104"),
+    ("stackpages", abi.LHCALL_SET_STACK, "bad stack pages 3"),
+    ("badstackpage", abi.LHCALL_SET_STACK, "bad stack page 0x40001fff"),
+    ("badpgd", abi.LHCALL_NEW_PGTABLE, "bad page directory entry"),
+    ("pgdout", abi.LHCALL_NEW_PGTABLE, "bad read address 0xf0000000 len 4096"),
+    ("kpfstack", None, "Bad address 0x4000003c"),
+])
+def test_a_bad_task_switch_kills_the_same_natively(native_build, monkeypatch, cmdline, bad_call, death):
+    """The bad call sits among good ones: C runs those before it, Python the bad one and its kill."""
+    (python, _, _), (native, c_calls, _) = (task_switch_run(native_build, cmdline, on, monkeypatch)
+                                            for on in (False, True))
+    assert python["death"] == death
+    assert native == python
+    # Natively, Python saw the first NEW_PGTABLE and then only the bad call of the fatal round
+    # (twice: the run loop looks at the pending call again after the kill, as without C).
+    switches = [call for call in c_calls if call[0] in TASK_SWITCH_CALLS]
+    assert switches[0][0] == abi.LHCALL_NEW_PGTABLE
+    assert {call[0] for call in switches[1:]} == ({bad_call} if bad_call is not None else set())
+    assert len(set(switches[1:])) <= 1
