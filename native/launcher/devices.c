@@ -142,9 +142,32 @@ bool feature_accepted(const struct device *dev, unsigned int bit)
 
 /* ---- starting and stopping ---- */
 
+/*
+ * A helper that exits has said why (err/errx); one killed by a signal has
+ * not, and the launcher would vanish without a word.  Say which signal,
+ * with what a signal handler may call.
+ */
+static void report_helper_signal(void)
+{
+	siginfo_t si = { 0 };
+	if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || !si.si_pid || si.si_code == CLD_EXITED)
+		return;
+	static const char what[] = "lguest: a queue helper was killed by signal ";
+	char msg[sizeof(what) + 3];
+	size_t n = sizeof(what) - 1;
+	memcpy(msg, what, n);
+	if (si.si_status >= 10)
+		msg[n++] = (char)('0' + si.si_status / 10 % 10);
+	msg[n++] = (char)('0' + si.si_status % 10);
+	msg[n++] = '\n';
+	if (write(STDERR_FILENO, msg, n) < 0)
+		return;
+}
+
 static void kill_launcher(int sig)
 {
 	(void)sig;
+	report_helper_signal();
 	restore_terminal();
 	kill(0, SIGTERM);
 }
