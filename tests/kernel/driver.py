@@ -777,6 +777,22 @@ def hostile_timer(server: Server) -> dict:
     return _watched(server, body)
 
 
+BLKRACE_RUNS = {"fuse": 3, "cuse": 1}
+
+
+def hostile_blkrace(server: Server) -> dict:
+    """Finding 6, the launcher's descriptor race: tinyguest `blkrace` aims a flip of a status
+    descriptor's length between the project's launcher's check and its use, then leaves the length
+    big.  Each run must end with the queue helper refusing the buffer, never with a write outside
+    guest RAM (which the launcher reports as its helper killed by a signal)."""
+    def body() -> dict:
+        image = SCRATCH / "blkrace.img"
+        image.write_bytes(bytes(1 << 20))
+        return {"runs": [Launch("64", ["test=blkrace"], [f"--block={image}"]).finish()
+                         for _ in range(BLKRACE_RUNS[TRANSPORT])]}
+    return _watched(server, body)
+
+
 HOSTILE_SCENARIOS = ("readonly-file", "exec", "limits", "full-eventfd", "switcher", "devpage")
 
 
@@ -805,7 +821,8 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
     out += [("hostile-caps", hostile_caps), ("hostile-slow-memory", hostile_slow_memory),
-            ("hostile-timer", hostile_timer), ("hostile-userns", hostile_userns)]
+            ("hostile-timer", hostile_timer), ("hostile-userns", hostile_userns),
+            ("hostile-blkrace", hostile_blkrace)]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     sys.modules["driver"] = sys.modules[__name__]      # linux_guests imports us by name: one copy of the globals
     import linux_guests

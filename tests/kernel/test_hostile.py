@@ -134,3 +134,25 @@ def test_a_subordinate_uid_is_charged_to_its_owner(scenario):
     assert (c["opens"], c.get("open_error")) == (Limits().files_per_user, "EMFILE"), scenario.explain()
     assert c["subordinate_open"] == "EMFILE", scenario.explain()
     assert clean(scenario), scenario.explain()
+
+
+@pytest.mark.kernel_scenario("hostile-blkrace")
+def test_a_guest_racing_a_descriptor_never_makes_the_launcher_write_outside_its_ram(scenario):
+    """Finding 6, the project's launcher: the Guest flips a status descriptor's length, aiming
+    between the launcher's check and its use, then leaves it big.  The queue helper must refuse
+    the big length every time and never write outside guest RAM (its guard page: the launcher
+    then reports its helper killed by SIGSEGV).
+
+    On real CPUs the window of a launcher that reads the length twice is a few nanoseconds, and a
+    Guest under Unicorn aims with far coarser steps: against the launcher before the fix (7c54f64)
+    this scenario never won the race in the runs we made (see docs/security.md).  So the test that
+    fails there is the deterministic one, tests/host/test_launcher_race.py, which makes the Guest's
+    store land exactly between the two reads; this one runs the same attack on the genuine path,
+    and fails if the launcher ever writes outside."""
+    runs = scenario.facts["runs"]
+    for run in runs:
+        out = run["output"]
+        assert "tinyguest: blkrace ready" in out and not run["timed_out"], scenario.explain(run)
+        assert "killed by signal" not in out and "blkrace FAIL" not in out, scenario.explain(run)
+        assert "is outside guest memory" in out, scenario.explain(run)    # the helper refused it
+    assert scenario.gave_back(), scenario.explain()

@@ -32,6 +32,12 @@ uint64_t blk_capacity(void)
 	return cap;
 }
 
+/* The request queue itself, for a scenario that writes its own descriptors. */
+struct virtqueue *blk_queue(void)
+{
+	return &blk->vq[0];
+}
+
 int blk_has_flush(void)
 {
 	return flush_ok;

@@ -19,6 +19,7 @@ static const struct scenario scenarios[] = {
 	{ "spin", scen_spin },       { "halt", scen_halt },
 	{ "crash", scen_crash },     { "storm", scen_storm },
 	{ "badpte", scen_badpte },  { "rearm", scen_rearm },
+	{ "blkrace", scen_blkrace },
 };
 
 /* RAM is the launcher's single e820 entry; the device page sits right

@@ -114,6 +114,7 @@ int blk_init(void);
 uint64_t blk_capacity(void);
 int blk_has_flush(void);
 int blk_io(uint32_t type, uint32_t sector, void *buf, uint32_t nsec);
+struct virtqueue *blk_queue(void);
 
 /* cmdline.c */
 void cmdline_init(void);
@@ -134,6 +135,7 @@ void scen_rearm(void);
 void scen_crash(void);
 void scen_storm(void);
 void scen_badpte(void);
+void scen_blkrace(void);
 
 extern uint32_t mem_bytes;
 #endif
