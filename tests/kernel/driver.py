@@ -777,6 +777,33 @@ def hostile_timer(server: Server) -> dict:
     return _watched(server, body)
 
 
+def _meminfo_kb(*fields: str) -> dict[str, int]:
+    with open("/proc/meminfo") as f:
+        values = {line.split(":")[0]: int(line.split()[1]) for line in f}
+    return {name: values[name] for name in fields}
+
+
+def hostile_mirror_enomem(server: Server) -> dict:
+    """Finding 6: a mirror copy the machine cannot commit.  The service's own mmap of the copy must
+    fail with ENOMEM (the kernel's overcommit heuristic refuses one mapping larger than RAM and swap
+    together), and INITIALIZE must answer the seed's ENOMEM, not an error of its own; then a normal
+    guest runs.  Only a machine smaller than the largest Guest (4 GiB) can show it: the 512 MiB VM."""
+    memory = _meminfo_kb("MemTotal", "SwapTotal")
+    mib = (memory["MemTotal"] + memory["SwapTotal"]) // 1024 + 256
+    overcommit = int(pathlib.Path("/proc/sys/vm/overcommit_memory").read_text())
+    if mib >= 4000 or overcommit != 0:
+        raise Blocked(f"a {mib} MiB mapping is no more than this machine's overcommit (mode {overcommit}) "
+                      "refuses, or no Guest can be that large")
+
+    def body() -> dict:
+        facts: dict = {**memory, "overcommit_memory": overcommit, "mib": mib}
+        facts["client"] = _hostile("huge-mirror", str(mib))
+        facts["next_guest"] = Launch("64", ["test=hello"]).finish()
+        return facts
+    # A budget above the copy: the budget's own ENOMEM (finding 5) must not answer first.
+    return _watched(server, body, ["--mirror-budget", str(2 * mib)])
+
+
 BLKRACE_RUNS = {"fuse": 3, "cuse": 1}
 
 
@@ -816,7 +843,8 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     if TRANSPORT == "cuse":     # FUSE sets the mode and group itself (non-root-open checks them)
         out.append(("udev", udev_rule))
         # The genuine device, and a VM whose memory the test chooses.
-        out += [("truncate-hostile", truncate_hostile), ("small-machine", small_machine)]
+        out += [("truncate-hostile", truncate_hostile), ("small-machine", small_machine),
+                ("mirror-enomem", hostile_mirror_enomem)]
     else:                       # through CUSE every request arrives at offset 0
         out.append(("offsets", offset_conformance))
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]

@@ -28,6 +28,10 @@ service answered; the driver (root) looks at files and the service itself.
   mirror-budget        private (mirror-mode) guests until the budget for their
                        copies refuses one; a shared one still fits; closing one
                        gives its copy back (finding 5)
+  huge-mirror MIB      INITIALIZE private (mirror-mode) RAM of MIB MiB, mapped
+                       MAP_NORESERVE so that this process need not commit it:
+                       more than the machine can commit for the service's copy
+                       (finding 6)
   slow-memory          guest RAM is a private mapping of a file on this user's own
                        FUSE mount, whose reads are never answered, for 16 guests;
                        their INITIALIZEs wait until the driver kills that
@@ -73,6 +77,7 @@ CODE, LDATA, STRING = 0x1000, 0x3000, 0x5000 # guest-physical layout of the hand
 NOTIFY_VALUE = 0x7000
 EVENTFD_MAX = 0xFFFFFFFFFFFFFFFE
 MAP_FIXED_NOREPLACE = 0x100000               # never over whatever the new program already has there
+MAP_NORESERVE = 0x4000                       # (Python's mmap module lacks it before 3.13)
 WAIT_S = 30.0
 RETRY_S = 10.0          # how long a close may take to reach the service (FUSE releases asynchronously)
 
@@ -382,6 +387,17 @@ def mirror_budget() -> dict:
     return out
 
 
+def huge_mirror(mib: int) -> dict:
+    """Finding 6: a mirror copy the machine cannot commit; the service's mmap fails with ENOMEM."""
+    size = mib << 20
+    base = map_at(libc(), None, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+    fd = os.open(NODE, os.O_RDWR)
+    out = {"initialize": initialize(fd, base, size // PAGE)}
+    os.close(fd)
+    return out
+
+
 # ---- slow memory ------------------------------------------------------------------------------
 
 def slow_memory(count: int = 16) -> dict:
@@ -524,12 +540,14 @@ def main() -> int:
         out = readonly_file(sys.argv[2])
     elif what == "exec":
         out = exec_reuse()
+    elif what == "huge-mirror":
+        out = huge_mirror(int(sys.argv[2]))
     elif what == "exec-reborn":
         out = exec_reborn(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif what in COMMANDS:
         out = COMMANDS[what]()
     else:
-        print(f"usage: {sys.argv[0]} readonly-file PATH | exec | {' | '.join(COMMANDS)}", file=sys.stderr)
+        print(f"usage: {sys.argv[0]} readonly-file PATH | exec | huge-mirror MIB | {' | '.join(COMMANDS)}", file=sys.stderr)
         return 2
     out["uid"], out["groups"] = os.getuid(), os.getgroups()
     print(json.dumps(out), flush=True)

@@ -52,3 +52,20 @@ def test_a_512_mib_machine_runs_guests_and_survives_dying_workers(booted_scenari
     assert f["service_alive_after"] and rec.gave_back(), rec.explain()
     assert "tinyguest: halt PASS" in f["bystander"]["output"], rec.explain(f["bystander"])
     assert "tinyguest: hello PASS" in f["next_guest"]["output"], rec.explain(f["next_guest"])
+
+
+@pytest.mark.small_scenario("mirror-enomem")
+def test_a_mirror_copy_the_machine_cannot_commit_is_enomem(booted_scenario):
+    """Finding 6: `nobody`'s private guest RAM larger than the 512 MiB VM can commit.  The worker's
+    mmap of the copy fails (overcommit, not the worker's address-space limit, which has room for
+    twice the Guest) and INITIALIZE answers the seed's ENOMEM, saying so in the log (a worker that
+    died of the OSError would read ENOMEM too, but as "guest process exited"); a Guest runs next."""
+    rec = booted_scenario
+    f = rec.facts
+    assert f["overcommit_memory"] == 0 and f["mib"] << 10 > f["MemTotal"] + f["SwapTotal"], rec.explain()
+    assert f["client"]["uid"] == 65534 and f["client"]["initialize"] == "ENOMEM", rec.explain()
+    assert f"cannot allocate a {f['mib']} MiB mirror of guest memory: Cannot allocate memory" in rec.server_log, \
+        rec.explain()
+    assert "guest process exited" not in rec.server_log, rec.explain()
+    assert "tinyguest: hello PASS" in f["next_guest"]["output"], rec.explain(f["next_guest"])
+    assert rec.gave_back() and not f["client"]["exit_hung"], rec.explain()
