@@ -20,6 +20,7 @@ that is inside the EMU slot, which is all of emu_start.  So:
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -188,13 +189,21 @@ class ExitStats:
 
 
 class StatsDirectory:
-    """Where a service publishes its Guests' blocks, one file each, for `cuse-lguest stat`.
+    """Where a service publishes its Guests' blocks, one name each, for `cuse-lguest stat`.
 
-    A file is named `<service pid>.<guest number>`, made 0600 (the counts are
-    the service's business, like kvm's debugfs), formatted before it gets its
-    final name (so a reader never opens a half-made one), and removed when
-    its Guest goes.  A service that died leaves its files behind: readers skip
-    files whose service is gone, and the next service removes them.
+    Each block is a memfd the service made and sealed at its size before
+    anyone else got it: the worker that counts into it is the launcher's
+    user (and a Guest may take a worker over), and with a file it could
+    shrink, `cuse-lguest stat` (root, the block mapped) would die of SIGBUS,
+    and growing one could fill /run.  The seals refuse both, as for the IRQ
+    page.  The name `<service pid>.<guest number>` is a symbolic link to the
+    service's own descriptor of the block, /proc/<service pid>/fd/<n>, which
+    only root may follow (the counts are the service's business, like kvm's
+    debugfs); it is
+    made once the block is formatted (so a reader never opens a half-made
+    one) and removed when its Guest goes.  A service that died leaves its
+    names behind: readers skip names whose service is gone, and the next
+    service removes them.
     """
 
     DEFAULT = "/run/cuse-lguest/guests"
@@ -204,10 +213,12 @@ class StatsDirectory:
         self._seq = 0
 
     def prepare(self) -> None:
-        """Create the directory and remove what dead services left (the service, at start)."""
+        """Create the directory and remove what dead services left (the service, at start), among
+        them one that had our pid."""
         os.makedirs(self.path, mode=0o755, exist_ok=True)
+        ours = f"{os.getpid()}."
         for name in os.listdir(self.path):
-            if not _service_alive(name):
+            if name.startswith(ours) or not _service_alive(name):
                 try:
                     os.unlink(os.path.join(self.path, name))
                 except OSError:
@@ -217,24 +228,24 @@ class StatsDirectory:
         """A new, formatted block for one Guest: (its fd, its path).  The caller closes and withdraws."""
         self._seq += 1
         final = os.path.join(self.path, f"{os.getpid()}.{self._seq}")
-        making = final + ".new"
-        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.memfd_create("lguest-exit-stats", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             ExitStats.format(fd, name, launcher_pid)
-            os.rename(making, final)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            os.symlink(f"/proc/{os.getpid()}/fd/{fd}", final)
         except BaseException:
             os.close(fd)
-            os.unlink(making)
             raise
         return fd, final
 
     @staticmethod
     def withdraw(fd: int, path: str) -> None:
-        os.close(fd)
+        """The name first: it names the descriptor's number, which the next open may reuse."""
         try:
             os.unlink(path)
         except OSError:
             pass
+        os.close(fd)
 
     def live(self) -> list[str]:
         """Paths of the published blocks whose service still runs, oldest first."""
@@ -242,7 +253,7 @@ class StatsDirectory:
             names = os.listdir(self.path)
         except FileNotFoundError:
             return []
-        found = [n for n in names if not n.endswith(".new") and _service_alive(n)]
+        found = [n for n in names if _service_alive(n)]
         return [os.path.join(self.path, n) for n in sorted(found, key=_order)]
 
 

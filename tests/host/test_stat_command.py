@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from cuse_lguest.core.exitstats import StatsDirectory
 from cuse_lguest.testing.launcher import Launcher
@@ -52,3 +53,29 @@ def test_stat_live_mode_prints_rates(tmp_path):
         directory.withdraw(fd, path)
     assert out.count("1 live guest(s)") == 2
     assert "test launcher (launcher pid 7), last" in out and "per s" in out
+
+
+def test_a_worker_cannot_resize_its_block_under_stat(tmp_path):
+    """A worker holds its Guest's block read-write (it counts into it), and a Guest may take its
+    worker over.  Shrinking the block under `cuse-lguest stat`, which has it mapped, killed the
+    command with SIGBUS, and growing it could fill /run; the block is sealed at its size."""
+    directory = StatsDirectory(str(tmp_path))
+    fd, path = directory.publish("hijacked worker", 9)
+    refused = []
+    try:
+        stat = subprocess.Popen(STAT + ["--dir", str(tmp_path), "-i", "0.1", "-n", "20"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert stat.stdout is not None
+        first = stat.stdout.readline()          # the block is mapped now
+        for size in (0, 1 << 30):
+            try:
+                os.ftruncate(fd, size)          # what the worker could do with its descriptor
+            except PermissionError:
+                refused.append(size)
+            time.sleep(0.5)                     # a few refreshes of stat with the block so
+        out = first + stat.communicate(timeout=60)[0]
+    finally:
+        directory.withdraw(fd, path)
+    assert "1 live guest(s)" in first, out
+    assert refused == [0, 1 << 30]
+    assert stat.returncode == 0 and out.count("1 live guest(s)") == 20, out
