@@ -148,7 +148,8 @@ def test_a_guest_racing_a_descriptor_never_makes_the_launcher_write_outside_its_
     this scenario never won the race in the runs we made (see docs/security.md).  So the test that
     fails there is the deterministic one, tests/host/test_launcher_race.py, which makes the Guest's
     store land exactly between the two reads; this one runs the same attack on the genuine path,
-    and fails if the launcher ever writes outside."""
+    and fails if the launcher ever writes outside.  In the VM (one CPU, so the Guest and the helper
+    never run at once) the length is left big at once: the launcher must refuse it there too."""
     runs = scenario.facts["runs"]
     for run in runs:
         out = run["output"]
