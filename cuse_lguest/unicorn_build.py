@@ -42,6 +42,10 @@ class UnicornBuild:
     def patched(self) -> bool:
         return bool(self.marker) and self.marker.get("patch") == PATCH_NAME
 
+    def has(self, patch: str) -> bool:
+        """Whether the build carries one of native/unicorn's patches, by its name in the marker."""
+        return patch in (self.marker or {}).get("patches", ())
+
     def describe(self) -> str:
         """One line for logs and benchmark tables, e.g. `2.1.4+cuselguest.faststore (patch bd0842cc)`."""
         if not self.patched:

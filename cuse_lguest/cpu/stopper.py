@@ -51,8 +51,7 @@ def library_symbol(name: str) -> int | None:
 
 def block_stop_available() -> bool:
     """Whether the loaded libunicorn can read our stop flag at block starts, safely (see above)."""
-    marker = unicorn_build.current().marker or {}
-    return library_symbol(BLOCK_STOP_ENTRY) is not None and STALE_PC_FIX in marker.get("patches", ())
+    return library_symbol(BLOCK_STOP_ENTRY) is not None and unicorn_build.current().has(STALE_PC_FIX)
 
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store, io-permission,
-# block-stop, stale-pc, tb-start-inline),
+# block-stop, stale-pc, tb-start-inline, mem-exit),
 # and print the wheel's path (the only thing on stdout; logs go to stderr).
 #
 #   native/unicorn/build-wheel.sh               the wheel (built once, then cached)
@@ -12,7 +12,8 @@
 # (docs/performance.md, native/unicorn/README.md), and its only safe stop from another
 # thread was a per-block hook costing a fifth of guest compute (block-stop), which it
 # needed because of a stale-PC bug (stale-pc); and its check at every block start was a helper
-# call, a tenth of a Linux Guest's shell loop (tb-start-inline).
+# call, a tenth of a Linux Guest's shell loop (tb-start-inline), as was the check after every
+# guest load and store (mem-exit).
 # The sdist is pinned by version AND sha256, so the patches always land on the exact
 # bytes they were written and reviewed against.
 #
@@ -23,11 +24,11 @@ set -euo pipefail
 
 VERSION=2.1.4
 SDIST_SHA256=00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff
-LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart
+LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart.memexit # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart.memexit
 # The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
 # "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
-PATCHES=(fast-store io-permission block-stop stale-pc tb-start-inline)
+PATCHES=(fast-store io-permission block-stop stale-pc tb-start-inline mem-exit)
 CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on)
 # The marker section (non-allocated, so never loaded) that cuse_lguest/unicorn_build.py reads from the built library.
 NOTE_SECTION=.cuse_lguest_build

@@ -78,7 +78,7 @@ def test_control_without_a_pc_write_in_a_hook() -> None:
 
 
 def _fix_installed() -> bool:
-    return STALE_PC_FIX in (unicorn_build.current().marker or {}).get("patches", ())
+    return unicorn_build.current().has(STALE_PC_FIX)
 
 
 @pytest.mark.skipif(os.environ.get("CI") != "true" and not _fix_installed(),
