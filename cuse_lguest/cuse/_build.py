@@ -23,17 +23,28 @@ Why a little C lives here instead of Python:
   so a bad peer can never end or crash the service.  The kernel never sends
   such messages, so on a genuine /dev/cuse the guard only costs a few
   comparisons.
-* Waiting: each worker has an epoll instance of its own holding the session
-  fd with EPOLLEXCLUSIVE and a stop eventfd plainly.  A request wakes one
-  idle worker, as a blocking read() would (poll() woke every idle worker for
-  every request, and all but one went back to sleep: 1.7 wake-ups per
-  LHREQ_IRQ against the C server's 1.0).  The read itself never blocks (the
-  device fd is O_NONBLOCK, a socket is read with MSG_DONTWAIT): a worker that
-  lost a request to another goes back to waiting, so it always sees the stop.
-* Stopping: making the stop fd readable makes `cl_read` report ENODEV, which
-  libfuse treats as "connection gone"; every worker leaves and cl_loop
-  returns.  This works the same on /dev/cuse and on a test socketpair,
-  without signals.
+* Waiting: each worker blocks in read() on the session fd itself, as
+  libfuse's own workers do.  The kernel queues readers of /dev/fuse and
+  /dev/cuse exclusively, so a request wakes exactly one, and it costs one
+  system call to wait and take it.  An epoll instance per worker (the design
+  before) cost an epoll_wait beside every read and armed its timeout's timer
+  each time (about 1 us more per LHREQ_IRQ than the C server under load, and
+  the idle machine's miss was measured with it: docs/performance.md, fuse_irq).
+* Leaving: the thread that runs cl_loop decides, and the worker leaves at its
+  next look.  Each worker says when it waits (`waiting`, set before it looks
+  at its `leave` word and reads); to make one leave, the loop sets `leave`
+  and, if the worker waits, sends it a signal whose handler does nothing and
+  is installed without SA_RESTART, so the read ends with EINTR and the
+  worker looks again.  A signal that lands between the look and the read is
+  lost, so while any worker is told to leave the loop sends it again every
+  CL_RESIGNAL_MS to those that still wait.  A
+  read the signal meets after it took a request returns that request, which
+  is served: retiring never drops one.  Stop: when the stop fd becomes
+  readable or the session ends (the peer closed), every worker is told; libfuse
+  sees ENODEV ("connection gone").  Retire: while there are more than
+  CL_KEEP_WORKERS, the loop looks every CL_LOOK_MS for workers that have
+  waited CL_IDLE_MS.  The same on /dev/cuse,
+  /dev/fuse and a test socketpair.
 * The hot LHREQ_IRQ write is answered in C (`cl_write`).  When the device
   has registered a shortcut for a file (`cl_shortcut_add`: the file's word
   size, the LHREQ_IRQ code and its Guest's native IRQ line, see
@@ -122,7 +133,7 @@ void cl_shortcut_clear(struct cl_link *l);
 
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
 void cl_destroy(struct fuse_session *se, struct cl_link *link);
-int cl_attach(struct fuse_session *se, struct cl_link *link, int fd);
+int cl_attach(struct fuse_session *se, int fd);
 int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads);
 
 int fuse_version(void);
@@ -163,9 +174,9 @@ SOURCE = r"""
 #include <string.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* One file whose LHREQ_IRQ writes C answers: see the module docstring. */
@@ -192,7 +203,6 @@ struct cl_link {
     unsigned node_uid;      /* FUSE only: its owner                           */
     unsigned node_gid;      /* FUSE only: its group                           */
     int fuse;               /* 1: a FUSE session (more opcodes to check)      */
-    int socket;             /* 1: the wire is a socket (read with MSG_DONTWAIT) */
     pthread_mutex_t shortcut_lock;
     unsigned nshortcuts;
     struct cl_shortcut shortcuts[CL_SHORTCUTS];
@@ -320,51 +330,84 @@ static void cl_answer(int fd, const char *msg, int err)
     }
 }
 
-enum { CL_IDLE_MS = 1000, CL_KEEP_WORKERS = 2, CL_MAX_WORKERS = 64 };
+enum { CL_IDLE_MS = 1000, CL_LOOK_MS = 100, CL_KEEP_WORKERS = 2, CL_MAX_WORKERS = 64,
+       CL_RESIGNAL_MS = 10 };
+enum { CL_STAY = 0, CL_RETIRE = 1, CL_STOP = 2 };
 
-/* The calling worker's epoll instance (cl_work), or -1: then it polls. */
-static __thread int cl_waiter = -1;
+/* One pool worker, as the loop thread sees it (see "Waiting" in the module
+ * docstring).  `waiting` and `leave` are each one thread's store and the
+ * other's load, both sequentially consistent: the worker says it waits and
+ * then looks at `leave`, the loop sets `leave` and then looks at `waiting`,
+ * so at least one of them sees the other. */
+struct cl_worker {
+    pthread_t thread;
+    struct cl_pool *pool;
+    int state;                      /* CL_FREE, CL_LIVE, CL_ENDED (under the pool lock) */
+    volatile int waiting;           /* 1: in, or about to enter, the blocking read  */
+    volatile int leave;             /* CL_RETIRE or CL_STOP: leave at the next look */
+    uint64_t waits_since_ms;        /* when it last began to wait (cl_ms)           */
+};
 
-/* 1: the session fd has a message; 0: stop; -1 with errno: EINTR, or EAGAIN
- * when nothing came for CL_IDLE_MS.  See "Waiting" in the module docstring. */
-static int cl_wait(struct cl_link *l, int fd)
+static uint64_t cl_ms(void)
 {
-    int n;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
-    if (cl_waiter >= 0) {
-        struct epoll_event ev[2];
-        n = epoll_wait(cl_waiter, ev, 2, CL_IDLE_MS);
-        for (int i = 0; i < n; i++)
-            if (ev[i].data.u32 == 1)
-                return 0;
-    } else {
-        struct pollfd p[2] = { { fd, POLLIN, 0 }, { l->stop_fd, POLLIN, 0 } };
-        n = poll(p, 2, CL_IDLE_MS);
-        if (n > 0 && p[1].revents)
-            return 0;
+/* The calling pool worker, or NULL (then cl_read just reads). */
+static __thread struct cl_worker *cl_self;
+
+static void cl_wake_handler(int sig)
+{
+    (void)sig;                      /* ending the blocked read is the whole point */
+}
+
+/* The signal that ends a worker's blocked read: a do-nothing handler
+ * installed without SA_RESTART, so read() returns EINTR.  Sent only to a
+ * worker that says it waits, and only to make it leave. */
+static int cl_wake_signal(void)
+{
+    static int installed;
+    int sig = SIGRTMIN + 4;
+
+    if (!__atomic_load_n(&installed, __ATOMIC_ACQUIRE)) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = cl_wake_handler;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(sig, &sa, NULL) != 0)
+            return -1;
+        __atomic_store_n(&installed, 1, __ATOMIC_RELEASE);
     }
-    if (n == 0)
-        errno = EAGAIN;
-    return n > 0 ? 1 : -1;
+    return sig;
 }
 
 static ssize_t cl_read(int fd, void *buf, size_t len, void *userdata)
 {
     struct cl_link *l = userdata;
+    struct cl_worker *w = cl_self;
 
     for (;;) {
         ssize_t r;
-        int verdict, ready = cl_wait(l, fd);
+        int verdict;
 
-        if (ready < 0)
-            return -1;                  /* EINTR, or idle: see cl_work */
-        if (ready == 0) {
-            errno = ENODEV;
-            return -1;
+        if (w) {
+            int leave;
+            __atomic_store_n(&w->waits_since_ms, cl_ms(), __ATOMIC_RELAXED);
+            __atomic_store_n(&w->waiting, 1, __ATOMIC_SEQ_CST);
+            leave = __atomic_load_n(&w->leave, __ATOMIC_SEQ_CST);
+            if (leave != CL_STAY) {
+                __atomic_store_n(&w->waiting, 0, __ATOMIC_SEQ_CST);
+                errno = leave == CL_RETIRE ? EAGAIN : ENODEV;
+                return -1;          /* see cl_work */
+            }
         }
-        r = l->socket ? recv(fd, buf, len, MSG_DONTWAIT) : read(fd, buf, len);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            continue;                   /* another worker took it */
+        r = read(fd, buf, len);     /* a socketpair's message, too */
+        if (w)
+            __atomic_store_n(&w->waiting, 0, __ATOMIC_SEQ_CST);
+        if (r < 0 && errno == EINTR)
+            continue;               /* perhaps told to leave: look again */
         if (r == 0) {                   /* the peer closed: a clean end, not EIO */
             errno = ENODEV;
             return -1;
@@ -648,47 +691,60 @@ void cl_destroy(struct fuse_session *se, struct cl_link *link)
     pthread_mutex_destroy(&link->shortcut_lock);
 }
 
-/* Attach `fd` (/dev/cuse, or one end of a socketpair) through our guarded io.
- * cuse_lowlevel_setup() stores an open /dev/cuse fd in the session the same way.
- * A device fd becomes non-blocking (see "Waiting" in the module docstring);
- * its writes never block either way.  A socket keeps blocking writes. */
-int cl_attach(struct fuse_session *se, struct cl_link *link, int fd)
+/* Attach `fd` (/dev/cuse, /dev/fuse, or one end of a socketpair) through our
+ * guarded io.  cuse_lowlevel_setup() stores an open /dev/cuse fd in the session
+ * the same way.  The fd is made blocking: workers wait in read() itself (see
+ * "Waiting" in the module docstring). */
+int cl_attach(struct fuse_session *se, int fd)
 {
-    struct stat st;
-    int flags;
+    int flags = fcntl(fd, F_GETFL);
 
-    if (fstat(fd, &st) != 0)
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
         return -1;
-    link->socket = S_ISSOCK(st.st_mode);
-    if (!link->socket) {
-        flags = fcntl(fd, F_GETFL);
-        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
-            return -1;
-    }
     return fuse_session_custom_io(se, &cl_io, fd);
 }
 
 /* ---- The worker pool (see the module docstring for why it is ours). ---- */
 
+enum { CL_FREE = 0, CL_LIVE = 1, CL_ENDED = 2 };
+
 struct cl_pool {
     struct fuse_session *se;
     struct cl_link *link;
     pthread_mutex_t lock;
-    pthread_cond_t left;            /* a worker put itself on `gone`        */
-    unsigned workers, idle, max;
-    unsigned ngone;
-    pthread_t gone[CL_MAX_WORKERS]; /* ended workers the loop has yet to join */
-    int error;                      /* the first read error, -errno         */
+    unsigned workers, idle, max;    /* live workers; those not serving a request */
+    unsigned ended;                 /* ended workers the loop has yet to join    */
+    unsigned retiring;              /* live workers told to retire               */
+    int poke_fd;                    /* eventfd: a worker started or ended, look  */
+    int sig;                        /* cl_wake_signal()                          */
+    int error;                      /* the first read error, -errno              */
+    struct cl_worker slot[CL_MAX_WORKERS];
 };
 
 static void *cl_work(void *arg);
 
+static void cl_poke(struct cl_pool *p)
+{
+    uint64_t one = 1;
+    if (write(p->poke_fd, &one, sizeof one) < 0) {
+        /* an eventfd we own: only a full count fails, and then a look is due anyway */
+    }
+}
+
 /* Under the lock: one more worker, counted idle until it takes a request. */
 static void cl_start_worker(struct cl_pool *p)
 {
+    struct cl_worker *w = NULL;
     sigset_t quiet, old;
-    pthread_t t;
 
+    for (unsigned i = 0; i < CL_MAX_WORKERS && !w; i++)
+        if (p->slot[i].state == CL_FREE)
+            w = &p->slot[i];
+    if (!w)
+        return;
+    w->pool = p;
+    w->waiting = 0;
+    w->leave = CL_STAY;
     /* The process's signals stay with its own threads, as in libfuse. */
     sigemptyset(&quiet);
     sigaddset(&quiet, SIGTERM);
@@ -696,42 +752,47 @@ static void cl_start_worker(struct cl_pool *p)
     sigaddset(&quiet, SIGHUP);
     sigaddset(&quiet, SIGQUIT);
     pthread_sigmask(SIG_BLOCK, &quiet, &old);
-    if (pthread_create(&t, NULL, cl_work, p) == 0) {
+    if (pthread_create(&w->thread, NULL, cl_work, w) == 0) {
+        w->state = CL_LIVE;
         p->workers++;
         p->idle++;
+        if (p->workers > CL_KEEP_WORKERS)
+            cl_poke(p);             /* the loop starts looking for idle ones */
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* This worker's epoll instance: the session fd (exclusive) and the stop fd. */
-static int cl_make_waiter(struct cl_pool *p)
+/* Under the lock: tell `w` to leave, and end its read if it waits in one.
+ * A signal that lands just before the read is lost; the loop sends it again
+ * while the worker still says it waits (CL_RESIGNAL_MS). */
+static void cl_tell_leave(struct cl_pool *p, struct cl_worker *w, int why)
 {
-    struct epoll_event session = { .events = EPOLLIN | EPOLLEXCLUSIVE, .data.u32 = 0 };
-    struct epoll_event stop = { .events = EPOLLIN, .data.u32 = 1 };
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-
-    if (ep >= 0 && (epoll_ctl(ep, EPOLL_CTL_ADD, fuse_session_fd(p->se), &session) != 0
-                    || epoll_ctl(ep, EPOLL_CTL_ADD, p->link->stop_fd, &stop) != 0)) {
-        close(ep);
-        ep = -1;
-    }
-    return ep;                      /* -1: cl_wait polls instead */
+    __atomic_store_n(&w->leave, why, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&w->waiting, __ATOMIC_SEQ_CST))
+        pthread_kill(w->thread, p->sig);
 }
 
 static void *cl_work(void *arg)
 {
-    struct cl_pool *p = arg;
+    struct cl_worker *w = arg;
+    struct cl_pool *p = w->pool;
     struct fuse_buf buf;
+    sigset_t wake;
 
     memset(&buf, 0, sizeof buf);
-    cl_waiter = cl_make_waiter(p);
+    sigemptyset(&wake);
+    sigaddset(&wake, p->sig);
+    pthread_sigmask(SIG_UNBLOCK, &wake, NULL);
+    cl_self = w;
     for (;;) {
         int res = fuse_session_receive_buf(p->se, &buf);
 
         pthread_mutex_lock(&p->lock);
-        if (res == -EAGAIN && p->workers > CL_KEEP_WORKERS)
-            break;                  /* idle for CL_IDLE_MS, and one too many */
-        if (res == -EAGAIN || res == -EINTR) {
+        if (res == -EAGAIN) {       /* told to retire (cl_read) */
+            p->retiring--;
+            break;
+        }
+        if (res == -EINTR) {
             pthread_mutex_unlock(&p->lock);
             continue;
         }
@@ -741,7 +802,7 @@ static void *cl_work(void *arg)
             fuse_session_exit(p->se);
             break;
         }
-        if (--p->idle == 0 && p->workers + p->ngone < p->max)
+        if (--p->idle == 0 && p->workers + p->ended < p->max)
             cl_start_worker(p);     /* nobody left waiting: one more */
         pthread_mutex_unlock(&p->lock);
         fuse_session_process_buf(p->se, &buf);
@@ -751,54 +812,112 @@ static void *cl_work(void *arg)
     }
     p->workers--;
     p->idle--;
-    p->gone[p->ngone++] = pthread_self();
-    pthread_cond_signal(&p->left);
+    p->ended++;
+    w->state = CL_ENDED;
+    cl_poke(p);
     pthread_mutex_unlock(&p->lock);
-    if (cl_waiter >= 0)
-        close(cl_waiter);
     free(buf.mem);
     return NULL;
 }
 
+/* Under the lock: retire workers beyond CL_KEEP_WORKERS that have waited
+ * CL_IDLE_MS for a request. */
+static void cl_retire_idle(struct cl_pool *p)
+{
+    unsigned spare = p->workers - p->retiring;
+    uint64_t now = cl_ms();
+
+    spare = spare > CL_KEEP_WORKERS ? spare - CL_KEEP_WORKERS : 0;
+    for (unsigned i = 0; i < CL_MAX_WORKERS && spare > 0; i++) {
+        struct cl_worker *w = &p->slot[i];
+        if (w->state == CL_LIVE && w->leave == CL_STAY
+            && __atomic_load_n(&w->waiting, __ATOMIC_SEQ_CST)
+            && now - __atomic_load_n(&w->waits_since_ms, __ATOMIC_RELAXED) >= CL_IDLE_MS) {
+            p->retiring++;
+            cl_tell_leave(p, w, CL_RETIRE);
+            spare--;
+        }
+    }
+}
+
+/* Under the lock: the leave signal again, for every worker told to leave that
+ * still waits (its first may have landed just before its read). */
+static void cl_resignal(struct cl_pool *p)
+{
+    for (unsigned i = 0; i < CL_MAX_WORKERS; i++) {
+        struct cl_worker *w = &p->slot[i];
+        if (w->state == CL_LIVE && w->leave != CL_STAY)
+            cl_tell_leave(p, w, w->leave);
+    }
+}
+
 /* Serve until the session ends; 0, or the first read error as -errno.  Up to
- * `max_threads` workers; the calling thread starts the first and joins each
- * one that ends, so none outlives the loop. */
+ * `max_threads` workers; the calling thread starts the first, retires idle
+ * ones, stops them all when the stop fd becomes readable or the session ends,
+ * and joins each one that ends, so none outlives the loop. */
 int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads)
 {
     struct cl_pool *p = calloc(1, sizeof *p);
-    int res, stopped = 0;
+    int res, stopping = 0;
 
     if (!p)
         return -ENOMEM;
     p->se = se;
     p->link = link;
     p->max = max_threads < 1 ? 1 : max_threads > CL_MAX_WORKERS ? CL_MAX_WORKERS : max_threads;
+    p->sig = cl_wake_signal();
+    p->poke_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->sig < 0 || p->poke_fd < 0) {
+        res = -errno;
+        if (p->poke_fd >= 0)
+            close(p->poke_fd);
+        free(p);
+        return res;
+    }
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->left, NULL);
     pthread_mutex_lock(&p->lock);
     cl_start_worker(p);
     if (p->workers == 0)
         p->error = -EAGAIN;
-    while (p->workers > 0 || p->ngone > 0) {
-        while (p->ngone > 0) {
-            pthread_t t = p->gone[--p->ngone];
-            pthread_mutex_unlock(&p->lock);
-            pthread_join(t, NULL);
-            pthread_mutex_lock(&p->lock);
-        }
-        if (fuse_session_exited(se) && !stopped) {
-            uint64_t one = 1;       /* wake every idle worker, so that all leave */
-            stopped = 1;
-            if (write(link->stop_fd, &one, sizeof one) < 0) {
-                /* cannot fail for our own eventfd */
+    while (p->workers > 0 || p->ended > 0) {
+        struct pollfd fds[2] = { { stopping ? -1 : link->stop_fd, POLLIN, 0 },
+                                 { p->poke_fd, POLLIN, 0 } };
+        int timeout = stopping || p->retiring ? CL_RESIGNAL_MS
+                      : p->workers > CL_KEEP_WORKERS ? CL_LOOK_MS : -1;
+        uint64_t pokes;
+
+        for (unsigned i = 0; i < CL_MAX_WORKERS; i++) {
+            if (p->slot[i].state == CL_ENDED) {
+                pthread_t t = p->slot[i].thread;
+                pthread_mutex_unlock(&p->lock);
+                pthread_join(t, NULL);
+                pthread_mutex_lock(&p->lock);
+                p->slot[i].state = CL_FREE;
+                p->ended--;
             }
         }
-        if (p->workers > 0 && p->ngone == 0)
-            pthread_cond_wait(&p->left, &p->lock);
+        if (p->workers == 0)
+            break;
+        pthread_mutex_unlock(&p->lock);
+        if (poll(fds, 2, timeout) > 0 && fds[1].revents
+            && read(p->poke_fd, &pokes, sizeof pokes) < 0) {
+            /* EAGAIN: another look drained it */
+        }
+        pthread_mutex_lock(&p->lock);
+        if (!stopping && (fds[0].revents || fuse_session_exited(se))) {
+            stopping = 1;           /* every worker leaves at its next look */
+            fuse_session_exit(se);
+            for (unsigned i = 0; i < CL_MAX_WORKERS; i++)
+                if (p->slot[i].state == CL_LIVE)
+                    __atomic_store_n(&p->slot[i].leave, CL_STOP, __ATOMIC_SEQ_CST);
+        }
+        if (!stopping && p->workers > CL_KEEP_WORKERS)
+            cl_retire_idle(p);
+        cl_resignal(p);
     }
     pthread_mutex_unlock(&p->lock);
     res = p->error;
-    pthread_cond_destroy(&p->left);
+    close(p->poke_fd);
     pthread_mutex_destroy(&p->lock);
     free(p);
     fuse_session_reset(se);

@@ -197,7 +197,7 @@ class Session:
         lib.cl_shortcut_clear(self._link)
 
     def attach(self, fd: int) -> None:
-        if lib.cl_attach(self._se, self._link, fd) != 0:
+        if lib.cl_attach(self._se, fd) != 0:
             raise RuntimeError("fuse_session_custom_io failed")
 
     def start(self) -> None:
