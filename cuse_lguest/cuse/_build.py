@@ -33,9 +33,10 @@ Why a little C lives here instead of Python:
 * Leaving: the thread that runs cl_loop decides, and the worker leaves at its
   next look.  Each worker says when it waits (`waiting`, set before it looks
   at its `leave` word and reads); to make one leave, the loop sets `leave`
-  and, if the worker waits, sends it a signal whose handler does nothing and
-  is installed without SA_RESTART, so the read ends with EINTR and the
-  worker looks again.  A signal that lands between the look and the read is
+  and, if the worker waits, sends it the signal cl_loop is given: the
+  project's one for ending a blocked call (`lg_unblock_signal` in
+  cpu/_native_build.py, whose handler does nothing and is installed without
+  SA_RESTART), so the read ends with EINTR and the worker looks again.  A signal that lands between the look and the read is
   lost, so while any worker is told to leave the loop sends it again every
   CL_RESIGNAL_MS to those that still wait.  A
   read the signal meets after it took a request returns that request, which
@@ -134,7 +135,7 @@ void cl_shortcut_clear(struct cl_link *l);
 struct fuse_session *cl_new(struct cl_link *link, const char *devinfo);
 void cl_destroy(struct fuse_session *se, struct cl_link *link);
 int cl_attach(struct fuse_session *se, int fd);
-int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads);
+int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads, int wake_signal);
 
 int fuse_version(void);
 void *fuse_req_userdata(fuse_req_t req);
@@ -357,31 +358,6 @@ static uint64_t cl_ms(void)
 
 /* The calling pool worker, or NULL (then cl_read just reads). */
 static __thread struct cl_worker *cl_self;
-
-static void cl_wake_handler(int sig)
-{
-    (void)sig;                      /* ending the blocked read is the whole point */
-}
-
-/* The signal that ends a worker's blocked read: a do-nothing handler
- * installed without SA_RESTART, so read() returns EINTR.  Sent only to a
- * worker that says it waits, and only to make it leave. */
-static int cl_wake_signal(void)
-{
-    static int installed;
-    int sig = SIGRTMIN + 4;
-
-    if (!__atomic_load_n(&installed, __ATOMIC_ACQUIRE)) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = cl_wake_handler;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(sig, &sa, NULL) != 0)
-            return -1;
-        __atomic_store_n(&installed, 1, __ATOMIC_RELEASE);
-    }
-    return sig;
-}
 
 static ssize_t cl_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -716,7 +692,7 @@ struct cl_pool {
     unsigned ended;                 /* ended workers the loop has yet to join    */
     unsigned retiring;              /* live workers told to retire               */
     int poke_fd;                    /* eventfd: a worker started or ended, look  */
-    int sig;                        /* cl_wake_signal()                          */
+    int sig;                        /* ends a waiting worker's read (EINTR)      */
     int error;                      /* the first read error, -errno              */
     struct cl_worker slot[CL_MAX_WORKERS];
 };
@@ -854,23 +830,24 @@ static void cl_resignal(struct cl_pool *p)
 /* Serve until the session ends; 0, or the first read error as -errno.  Up to
  * `max_threads` workers; the calling thread starts the first, retires idle
  * ones, stops them all when the stop fd becomes readable or the session ends,
- * and joins each one that ends, so none outlives the loop. */
-int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads)
+ * and joins each one that ends, so none outlives the loop.  `wake_signal` has
+ * a do-nothing handler installed without SA_RESTART (lg_unblock_signal). */
+int cl_loop(struct fuse_session *se, struct cl_link *link, unsigned max_threads, int wake_signal)
 {
     struct cl_pool *p = calloc(1, sizeof *p);
     int res, stopping = 0;
 
-    if (!p)
-        return -ENOMEM;
+    if (wake_signal <= 0 || !p) {
+        free(p);
+        return wake_signal <= 0 ? -EINVAL : -ENOMEM;
+    }
     p->se = se;
     p->link = link;
     p->max = max_threads < 1 ? 1 : max_threads > CL_MAX_WORKERS ? CL_MAX_WORKERS : max_threads;
-    p->sig = cl_wake_signal();
+    p->sig = wake_signal;
     p->poke_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (p->sig < 0 || p->poke_fd < 0) {
+    if (p->poke_fd < 0) {
         res = -errno;
-        if (p->poke_fd >= 0)
-            close(p->poke_fd);
         free(p);
         return res;
     }

@@ -30,10 +30,14 @@ import os
 import threading
 from typing import Protocol
 
+from cuse_lguest.cpu._native import lib as _native
 from cuse_lguest.cuse.binding import load
 
 ffi, lib = load()
 log = logging.getLogger("cuse_lguest.cuse")
+# What cl_loop sends a waiting worker to end its read: the project's one signal for
+# ending a blocked call (a do-nothing handler without SA_RESTART).
+_WAKE_SIGNAL = _native.lg_unblock_signal()
 
 DEFAULT_MAX_WRITE = 65536   # an lguest request is at most 32 bytes; the kernel splits bigger writes
 MAX_THREADS = 16            # workers never hold a running guest, so a few are plenty
@@ -207,7 +211,7 @@ class Session:
 
     def _loop(self) -> None:
         try:
-            self.result = lib.cl_loop(self._se, self._link, MAX_THREADS)
+            self.result = lib.cl_loop(self._se, self._link, MAX_THREADS, _WAKE_SIGNAL)
             log.debug("session loop ended (%d)", self.result)
         finally:
             self.finished.set()
