@@ -18,6 +18,15 @@ look.  Kicks write the pipe only while the vCPU says it sleeps, which
 spares the common case (a running or never-run Guest) a system call per
 IRQ.  A halted Guest's IRQ latency is mostly that wake-up.
 
+The clock event is a timerfd of the Guest's own, which the process's timer
+service watches (core/timer.py): SET_CLOCKEVENT arms it, in C when the
+native exits take the call, so arming needs neither the GIL nor the
+service's lock; expiry still runs _timer_fired on the service's thread.
+The first SET_CLOCKEVENT is always Python's (C has no fd before it): it
+makes the timerfd and has it watched, so a Guest that never asks for a
+clock costs no fd and starts no thread.  Once the Guest is destroyed
+nobody arms it again, and it is handed to the service to close.
+
 The vCPU looks at this state at every exit and almost always finds nothing,
 so it peeks without the lock: the word is read in one load, and the other
 flags are attributes, atomic under the GIL.  A change that lands just after
@@ -35,6 +44,8 @@ from cuse_lguest.core.contract import GuestParams, GuestSetupError, RunExit
 from cuse_lguest.core.irqline import IrqLine
 from cuse_lguest.core.timer import timers
 from cuse_lguest.core.vcpu import VCpu
+from cuse_lguest.cpu._exits import ffi as _exits_ffi
+from cuse_lguest.cpu._exits import lib as _exits_lib
 from cuse_lguest.memory.shared import open_guest_memory
 
 log = logging.getLogger("cuse_lguest.core")
@@ -81,6 +92,7 @@ class LguestGuest:
         except BaseException:
             self.irq_line.close()
             raise
+        self._clock: int | None = None      # the clock event's timerfd, from the first SET_CLOCKEVENT on
         timers.attach()
 
     # ---- contract.Guest ---------------------------------------------------------
@@ -111,13 +123,14 @@ class LguestGuest:
             self._destroyed = True
             self.irq_line.retire()
             self.irq_line.request_interrupt()
-        timers.cancel(self)
+            self._stop_clock()
         timers.cancel(self._retry)
         with self._run_lock:                 # wait for a running vCPU to come out
             self.vcpu.close()
             self.memory.close()
         with self._lock:
             self.irq_line.close()
+        timers.release(self)                 # nobody arms it any more: the service closes it
         timers.detach(self)
 
     # ---- used by the vCPU thread ------------------------------------------------
@@ -132,7 +145,8 @@ class LguestGuest:
                 return
             self._death = reason
             self.irq_line.retire()
-        timers.cancel(self)
+            if not self._destroyed:          # else the clock may be closed already
+                self._stop_clock()
         timers.cancel(self._retry)
         log.warning("guest %s died: %s", self.name, reason.rstrip("\n"))
 
@@ -172,10 +186,24 @@ class LguestGuest:
         self.irq_line.sleep(self.memory.host_address + blocked_at)
 
     def set_clockevent(self, delta_ns: int) -> None:
-        if delta_ns == 0:
-            timers.cancel(self)
-        else:
-            timers.arm(self, delta_ns, self._timer_fired)
+        """One IRQ 0 delta_ns from now, replacing any earlier one; 0 cancels (the native exits do the same).
+
+        On the vCPU thread, which also makes the timerfd on first use: nothing else runs then."""
+        if self._clock is None:
+            if delta_ns == 0:
+                return
+            clock = _exits_lib.lg_clock_new()
+            if clock < 0:
+                raise OSError(_exits_ffi.errno, "cannot create the Guest's clock event (timerfd)")
+            timers.watch(self, clock, self._timer_fired)
+            self._clock = clock
+            self.vcpu.exits.connect_clock(clock)
+        _exits_lib.lg_clock_set(self._clock, delta_ns)
+
+    def _stop_clock(self) -> None:
+        """Caller holds the lock: no clock event any more (until the next SET_CLOCKEVENT)."""
+        if self._clock is not None:
+            _exits_lib.lg_clock_set(self._clock, 0)
 
     def _timer_fired(self) -> None:
         with self._lock:

@@ -26,8 +26,10 @@ from the shared cursor (each call counted in its async slot), run the call,
 flush the TLB once if any of them asked for it.  The calls C runs are
 SET_PTE, SET_PGD, TS, FLUSH_TLB, and what a Linux task switch queues:
 LOAD_TLS (the three descriptors into the live GDT with lguest's fix-up),
-SET_STACK, and NEW_PGTABLE once paging is on (lg_pgd_copy, then CR3); and
-synchronously also FLUSH_ASYNC and SEND_INTERRUPTS.  Each call is checked
+SET_STACK, and NEW_PGTABLE once paging is on (lg_pgd_copy, then CR3);
+SET_CLOCKEVENT once Python has made the Guest's timerfd (lg_clock_set, as
+Guest.set_clockevent arms it); and synchronously also FLUSH_ASYNC and
+SEND_INTERRUPTS.  Each call is checked
 as Hypercalls checks it, against the state the calls before it left, just
 before it runs; one that would kill the Guest, or any other call, ends
 C's part there, and Python goes on from the cursor: what C ran is the
@@ -149,6 +151,7 @@ _DEFINES = {
     "LG_HC_LOAD_TLS": abi.LHCALL_LOAD_TLS,
     "LG_HC_SET_STACK": abi.LHCALL_SET_STACK,
     "LG_HC_NEW_PGTABLE": abi.LHCALL_NEW_PGTABLE,
+    "LG_HC_SET_CLOCKEVENT": abi.LHCALL_SET_CLOCKEVENT,
     "LG_GDT_TLS_MIN": abi.GDT_ENTRY_TLS_MIN,
     "LG_GDT_TLS_ENTRIES": abi.GDT_ENTRY_TLS_ENTRIES,
     "LG_DESC_DPL_MASK": abi.DESC_DPL_MASK,
@@ -217,8 +220,11 @@ _CDEF = """
         uint32_t irq_slot_base, halt_sleep_slot;
         uint64_t slept_ns;              /* of the exit being handled: left out of its time */
         int halting;                    /* in a native HALT right now (VCpu.halted reports it) */
+        int clock_fd;                   /* the Guest's clock event (a timerfd), or -1 */
     };
     void lg_intr_hook(void *uc, uint32_t intno, void *user_data);
+    int lg_clock_new(void);
+    int lg_clock_set(int fd, uint32_t delta_ns);
     int lg_pgd_copy(const uint8_t *ram, uint64_t limit, uint64_t pfnlimit, uint32_t pgd_gpa,
                     uint32_t *host_pd, uint32_t slots, uint32_t switcher_pde);
 """ % abi.IDT_ENTRIES
@@ -227,6 +233,7 @@ _SOURCE = r"""
     #include <stdint.h>
     #include <string.h>
     #include <time.h>
+    #include <sys/timerfd.h>
 """ + "".join(f"    #define {k} {v:#x}u\n" for k, v in _DEFINES.items()) + r"""
     #define LG_FRAME 0xFFFFF000u
 """ + _CDEF + "".join(f"    #define LG_REG_{r} (x->regid[LG_R_{r}])\n" for r in REGISTERS) + r"""
@@ -536,6 +543,23 @@ _SOURCE = r"""
         return 1;
     }
 
+    /* ---- the clock event: a timerfd the timer service watches (core/timer.py) ---- */
+
+    /* A Guest's clock event, one-shot, on the monotonic clock, non-blocking
+     * for the service's poll; -1 and errno when the process has no fd left. */
+    int lg_clock_new(void)
+    {
+        return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    }
+
+    /* LHCALL_SET_CLOCKEVENT, for Python (Guest.set_clockevent) and C alike:
+     * one interrupt delta_ns from now, replacing any earlier one; 0 cancels. */
+    int lg_clock_set(int fd, uint32_t delta_ns)
+    {
+        struct itimerspec t = { { 0, 0 }, { delta_ns / 1000000000u, delta_ns % 1000000000u } };
+        return timerfd_settime(fd, 0, &t, NULL);
+    }
+
     /* Hypercalls.execute for one call, checked against the state the calls
      * before it left, and run when it needs no decision and cannot kill:
      * 1 when done (*flush set if it wants the TLB flushed), 0 for Python,
@@ -549,6 +573,8 @@ _SOURCE = r"""
             return lg_set_stack(x, c->a1, c->a2, c->a3);
         case LG_HC_NEW_PGTABLE:
             return lg_new_pgtable(x, c->a1);
+        case LG_HC_SET_CLOCKEVENT:
+            return x->clock_fd >= 0 && lg_clock_set(x->clock_fd, c->a1) == 0;
         }
         if (!lg_call_simple(x, c, queued))
             return 0;

@@ -99,6 +99,7 @@ class NativeExits:
         x.switcher_slot = SWITCHER_PDE_INDEX
         x.switcher_base = SWITCHER_BASE
         x.gdt = ffi.cast("uint64_t *", region.host_address(GDT_ADDR))
+        x.clock_fd = -1
         hook = ctypes.c_size_t()
         err = uclib.uc_hook_add(uc._uch, ctypes.byref(hook), UC_HOOK_INTR,
                                 ctypes.c_void_p(int(ffi.cast("uintptr_t", ffi.addressof(lib, "lg_intr_hook")))),
@@ -129,6 +130,10 @@ class NativeExits:
             self._sync = uccallback(self._uc, HOOK_INTR_CFUNC)(lambda _uc, _intno, _key: sync())
             x.sync = ffi.cast("void (*)(void *, uint32_t, void *)", ctypes.cast(self._sync, ctypes.c_void_p).value)
         x.irq_sleep = ffi.cast("int (*)(void *, int, const volatile uint32_t *)", function)
+
+    def connect_clock(self, fd: int) -> None:
+        """The Guest's clock event, a timerfd (lg_clock_new), which C arms at SET_CLOCKEVENT."""
+        self._x.clock_fd = fd
 
     @property
     def ring_cursor(self):

@@ -165,6 +165,13 @@ def halted_irq_run(build, cmdline: str, native: bool, inject: int | None = None)
         sec, nsec = v.memory.read_u32(ld + abi.LGUEST_DATA_TIME), v.memory.read_u32(ld + abi.LGUEST_DATA_TIME + 4)
         times.append(sec * 1_000_000_000 + nsec)
     v.machine.uc.hook_add(UC_HOOK_CODE, at_handler, None, table, table + 16 * STUBS - 1)
+    python_calls = []
+    execute = v.calls.execute
+
+    def spy_execute(nr, *args):
+        python_calls.append(nr)
+        execute(nr, *args)
+    v.calls.execute = spy_execute
     injector = None
     if inject is not None:
         injector = threading.Thread(target=lambda: (wait_until_halted(g), g.guest.irq(inject)))
@@ -178,6 +185,8 @@ def halted_irq_run(build, cmdline: str, native: bool, inject: int | None = None)
         g.close()
     return {"death": death, "console": g.console, "frames": frames, "times": times, "handled": v.exits.handled,
             "halts": counts[exitstats.HCALL + abi.LHCALL_HALT],
+            "clockevents": counts[exitstats.HCALL + abi.LHCALL_SET_CLOCKEVENT],
+            "python_clockevents": python_calls.count(abi.LHCALL_SET_CLOCKEVENT),
             "irqs": counts[exitstats.IRQ:exitstats.IRQ + abi.LGUEST_IRQS]}
 
 
@@ -206,6 +215,10 @@ def test_native_halt_takes_timer_ticks_as_python_does(native_build):
         assert {f["irq_enabled"] for f in run["frames"]} == {0}
         assert run["times"] == sorted(run["times"])
     assert native["handled"] >= 10 and python["handled"] == 0
+    # Every tick's SET_CLOCKEVENT re-armed the timerfd from C natively (but the first, which makes
+    # it), from Python otherwise.
+    assert python["python_clockevents"] == python["clockevents"] >= 20
+    assert native["python_clockevents"] == 1 and native["clockevents"] >= 20
     # Nearly every tick wakes the HALT loop (a tick may land while the Guest runs, under load):
     # the commonest frame is the one a HALT's wake-up builds, identical both ways.
     def commonest(run: dict) -> tuple:

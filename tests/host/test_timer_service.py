@@ -1,9 +1,13 @@
 """The timer service itself: bounded by the armed timers, and never stopped by one bad callback."""
 from __future__ import annotations
 
+import os
 import threading
 
+import pytest
+
 from cuse_lguest.core.timer import TimerService
+from cuse_lguest.cpu._exits import lib
 
 HOUR_NS = 3600 * 10**9
 
@@ -36,3 +40,24 @@ def test_a_failing_callback_leaves_the_other_guests_timers_running():
         assert fired.wait(30), "the second timer never fired: the timer thread died with the first"
     finally:
         timers.detach(None)
+
+
+def test_a_watched_timerfd_fires_each_time_it_is_armed_and_is_closed_on_release():
+    """A Guest's clock event: armed from outside the service (the native exits do), fired by its thread."""
+    timers = TimerService()
+    timers.attach()
+    fd = lib.lg_clock_new()
+    fired = threading.Semaphore(0)
+    try:
+        timers.watch("guest", fd, fired.release)
+        for _ in range(3):
+            assert lib.lg_clock_set(fd, 2_000_000) == 0
+            assert fired.acquire(timeout=30), "the timerfd expired unseen"
+        lib.lg_clock_set(fd, 50_000_000)
+        lib.lg_clock_set(fd, 0)                    # cancelled: never fires
+        assert not fired.acquire(timeout=0.2)
+        timers.release("guest")
+    finally:
+        timers.detach(None)                        # joins the thread, which closes released fds first
+    with pytest.raises(OSError):
+        os.fstat(fd)
