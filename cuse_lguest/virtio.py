@@ -15,6 +15,7 @@ accessor reads the current bytes, because the other side changes them.
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -229,12 +230,6 @@ class Vring:
     def _put_u16(self, gpa: int, value: int) -> None:
         self.mem[gpa:gpa + 2] = _U16.pack(value & 0xFFFF)
 
-    def desc(self, index: int) -> Desc:
-        if not 0 <= index < self.num:
-            raise VringError(f"descriptor index {index} out of range (ring of {self.num})")
-        off = self.desc_gpa + index * abi.VRING_DESC.size
-        return Desc(*abi.VRING_DESC.unpack(self.mem[off:off + abi.VRING_DESC.size]))
-
     def set_desc(self, index: int, desc: Desc) -> None:
         off = self.desc_gpa + index * abi.VRING_DESC.size
         self.mem[off:off + abi.VRING_DESC.size] = abi.VRING_DESC.pack(desc.addr, desc.len, desc.flags, desc.next)
@@ -304,49 +299,39 @@ class Vring:
         Readable buffers come before writable ones in a well-formed chain; a
         readable buffer after a writable one is rejected, as is a loop, an
         index out of range, a nested indirect table or a buffer outside memory.
+        Every request of every queue passes here, in the launcher's helpers
+        and at the mirror's sync points, so the walk reads each descriptor
+        straight out of memory as a tuple (a 128 KiB block request is 34).
         """
         chain = Chain(head)
-        self._walk(chain, head, self.desc, self.num, indirect_allowed=True)
+        self._walk(chain, head, self.desc_gpa, self.num, indirect=False)
         return chain
 
-    def _walk(self, chain: Chain, index: int, lookup, table_len: int, indirect_allowed: bool) -> None:
+    def _walk(self, chain: Chain, index: int, table_gpa: int, table_len: int, indirect: bool) -> None:
+        """The chain from `index` of the table at `table_gpa`: the ring's own, or an indirect one."""
+        unpack, mem, limit, buffers = abi.VRING_DESC.unpack_from, self.mem, len(self.mem), chain.buffers
         for _ in range(table_len + 1):
-            d = lookup(index)
-            if d.flags & abi.VRING_DESC_F_INDIRECT:
-                self._walk_indirect(chain, d, indirect_allowed)
+            if not 0 <= index < table_len:
+                raise VringError(f"descriptor index {index} out of range (ring of {self.num})" if not indirect
+                                 else f"indirect index {index} out of range ({table_len}) in chain {chain.head}")
+            addr, length, flags, index = unpack(mem, table_gpa + index * abi.VRING_DESC.size)
+            if addr + length > limit:
+                raise VringError(f"buffer {addr:#x}+{length:#x} in chain {chain.head} is outside guest memory")
+            if flags & abi.VRING_DESC_F_INDIRECT:
+                if indirect:
+                    raise VringError(f"nested indirect table in chain {chain.head}")
+                if length == 0 or length % abi.VRING_DESC.size:
+                    raise VringError(f"indirect table of {length} bytes in chain {chain.head}")
+                chain.tables.append((addr, length))
+                self._walk(chain, 0, addr, length // abi.VRING_DESC.size, indirect=True)
             else:
-                self._add_buffer(chain, d)
-            if not d.flags & abi.VRING_DESC_F_NEXT:
+                writable = bool(flags & abi.VRING_DESC_F_WRITE)
+                if not writable and buffers and buffers[-1].writable:
+                    raise VringError(f"readable buffer after a writable one in chain {chain.head}")
+                buffers.append(Buffer(addr, length, writable))
+            if not flags & abi.VRING_DESC_F_NEXT:
                 return
-            index = d.next
         raise VringError(f"descriptor chain from {chain.head} loops")
-
-    def _walk_indirect(self, chain: Chain, d: Desc, allowed: bool) -> None:
-        if not allowed:
-            raise VringError(f"nested indirect table in chain {chain.head}")
-        if d.len == 0 or d.len % abi.VRING_DESC.size:
-            raise VringError(f"indirect table of {d.len} bytes in chain {chain.head}")
-        self._check_range(chain, d.addr, d.len)
-        chain.tables.append((d.addr, d.len))
-        count = d.len // abi.VRING_DESC.size
-
-        def lookup(i: int) -> Desc:
-            if not 0 <= i < count:
-                raise VringError(f"indirect index {i} out of range ({count}) in chain {chain.head}")
-            off = d.addr + i * abi.VRING_DESC.size
-            return Desc(*abi.VRING_DESC.unpack(self.mem[off:off + abi.VRING_DESC.size]))
-
-        self._walk(chain, 0, lookup, count, indirect_allowed=False)
-
-    def _add_buffer(self, chain: Chain, d: Desc) -> None:
-        self._check_range(chain, d.addr, d.len)
-        if not d.writable and chain.buffers and chain.buffers[-1].writable:
-            raise VringError(f"readable buffer after a writable one in chain {chain.head}")
-        chain.buffers.append(Buffer(d.addr, d.len, d.writable))
-
-    def _check_range(self, chain: Chain, gpa: int, length: int) -> None:
-        if gpa + length > len(self.mem):
-            raise VringError(f"buffer {gpa:#x}+{length:#x} in chain {chain.head} is outside guest memory")
 
     # --- device side ---
     def push_used(self, head: int, length: int) -> None:
@@ -370,6 +355,21 @@ class Vring:
 
     def read_buffers(self, buffers: list[Buffer]) -> bytes:
         return b"".join(bytes(self.mem[b.gpa:b.gpa + b.len]) for b in buffers)
+
+    @contextmanager
+    def views(self, buffers: list[Buffer]) -> Iterator[list[memoryview]]:
+        """Each buffer as a view of guest memory itself, for I/O straight in or out (os.preadv/pwritev).
+
+        The views are released on the way out: an mmap that still has views
+        cannot be closed, and guest RAM is closed when the run ends.
+        """
+        with memoryview(self.mem) as whole:
+            views = [whole[b.gpa:b.gpa + b.len] for b in buffers]
+            try:
+                yield views
+            finally:
+                for view in views:
+                    view.release()
 
     def write_buffers(self, buffers: list[Buffer], data: bytes) -> int:
         """Scatter `data` over `buffers` in order; return how many bytes fit."""

@@ -153,7 +153,13 @@ class ConsoleInput:
 
 
 class BlockService:
-    """The block queue: header, data, status byte; I/O at explicit offsets in the backing file."""
+    """The block queue: header, data, status byte; I/O at explicit offsets in the backing file.
+
+    The data moves between the file and guest RAM with one preadv or pwritev
+    over the chain's own buffers, as the C launcher does: a 128 KiB readahead
+    request is 32 buffers, and copying it through a bytes object (and then
+    buffer by buffer) cost this thread about three times the system call.
+    """
 
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
@@ -161,32 +167,33 @@ class BlockService:
 
     def __call__(self, worker: QueueWorker, chain: Chain) -> tuple[int, bool]:
         ring = worker.ring
-        out = ring.read_buffers(chain.readable)
-        writable = chain.writable
-        if len(out) < abi.VIRTIO_BLK_OUTHDR.size or not writable or writable[-1].len == 0:
+        readable, writable = chain.readable, chain.writable
+        header_buffers, payload = _split(readable, abi.VIRTIO_BLK_OUTHDR.size)
+        header = ring.read_buffers(header_buffers)
+        if len(header) < abi.VIRTIO_BLK_OUTHDR.size or not writable or writable[-1].len == 0:
             raise ValueError(f"bad virtblk request {chain.head}")
-        req, _, sector = abi.VIRTIO_BLK_OUTHDR.unpack_from(out)
-        status_gpa = writable[-1].gpa + writable[-1].len - 1
+        req, _, sector = abi.VIRTIO_BLK_OUTHDR.unpack(header)
         last = writable[-1]
+        status_gpa = last.gpa + last.len - 1
         data_in = writable[:-1] + ([Buffer(last.gpa, last.len - 1, True)] if last.len > 1 else [])
-        status, written = self._do(req, sector * abi.SECTOR_SIZE, out[abi.VIRTIO_BLK_OUTHDR.size:], data_in, ring)
+        status, written = self._do(req, sector * abi.SECTOR_SIZE, payload, data_in, ring)
         ring.mem[status_gpa] = status
         return written + 1, False
 
-    def _do(self, req: int, offset: int, payload: bytes, data_in, ring: Vring) -> tuple[int, int]:
+    def _do(self, req: int, offset: int, payload: list[Buffer], data_in: list[Buffer],
+            ring: Vring) -> tuple[int, int]:
         if req in (abi.VIRTIO_BLK_T_IN, abi.VIRTIO_BLK_T_OUT):
-            length = len(payload) if req == abi.VIRTIO_BLK_T_OUT else sum(b.len for b in data_in)
+            buffers = payload if req == abi.VIRTIO_BLK_T_OUT else data_in
+            length = sum(b.len for b in buffers)
             if offset + length > self.size:
                 return abi.VIRTIO_BLK_S_IOERR, 0
             try:
-                if req == abi.VIRTIO_BLK_T_OUT:
-                    return (abi.VIRTIO_BLK_S_OK if os.pwrite(self.fd, payload, offset) == length
-                            else abi.VIRTIO_BLK_S_IOERR), 0
-                data = os.pread(self.fd, length, offset)
+                with ring.views(buffers) as views:
+                    done = (os.pwritev if req == abi.VIRTIO_BLK_T_OUT else os.preadv)(self.fd, views, offset)
             except OSError:
                 return abi.VIRTIO_BLK_S_IOERR, 0
-            written = ring.write_buffers(data_in, data)
-            return (abi.VIRTIO_BLK_S_OK if written == length else abi.VIRTIO_BLK_S_IOERR), written
+            status = abi.VIRTIO_BLK_S_OK if done == length else abi.VIRTIO_BLK_S_IOERR
+            return status, done if req == abi.VIRTIO_BLK_T_IN else 0
         if req == abi.VIRTIO_BLK_T_FLUSH:
             try:
                 os.fdatasync(self.fd)
@@ -194,6 +201,19 @@ class BlockService:
                 return abi.VIRTIO_BLK_S_IOERR, 0
             return abi.VIRTIO_BLK_S_OK, 0
         return abi.VIRTIO_BLK_S_UNSUPP, 0
+
+
+def _split(buffers: list[Buffer], count: int) -> tuple[list[Buffer], list[Buffer]]:
+    """(the first `count` bytes of `buffers`, the rest), wherever the Guest split them (the request header)."""
+    head, rest = [], []
+    for b in buffers:
+        cut = min(count, b.len)
+        count -= cut
+        if cut:
+            head.append(Buffer(b.gpa, cut, b.writable))
+        if b.len > cut:
+            rest.append(Buffer(b.gpa + cut, b.len - cut, b.writable))
+    return head, rest
 
 
 def rng_service(worker: QueueWorker, chain: Chain) -> tuple[int, bool]:
