@@ -335,7 +335,7 @@ class Device:
         stats = self._publish_stats(name, pid)
         try:
             params = GuestParams(pid=pid, base=base, pfnlimit=pfnlimit, start=start,
-                                 claim_notify=f.eventfds.claim, memory=handles, name=name,
+                                 claim_notify=f.eventfds.claim, eventfds=f.eventfds, memory=handles, name=name,
                                  stats_fd=stats[0] if stats else None)
             guest = self._build(params)
         except BaseException as e:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:
+    from cuse_lguest.eventfds import EventfdTable
     from cuse_lguest.memory.handles import MemoryHandles
 
 
@@ -41,7 +42,9 @@ class GuestParams:
     `name` are for logs; nothing may reach the launcher through the pid.
     `claim_notify(value)` is the eventfd table's lookup: it signals the first
     eventfd registered for `value` and returns True, or returns False so that
-    run() hands the value back to the launcher.
+    run() hands the value back to the launcher.  `eventfds`, when given, is
+    the EventfdTable behind claim_notify: the vCPU then claims NOTIFYs in C
+    (cpu/_exits_build.py, lg_native_notify) without entering Python.
     `stats_fd`, when given, is a file holding a formatted exit stats block
     (core/exitstats.py) that the caller publishes for `cuse-lguest stat`;
     the Guest maps it and counts its exits there (the caller keeps the fd).
@@ -55,6 +58,7 @@ class GuestParams:
     memory: MemoryHandles | None
     name: str = "guest"
     stats_fd: int | None = None
+    eventfds: EventfdTable | None = None
 
 
 class Guest(Protocol):

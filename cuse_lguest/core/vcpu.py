@@ -85,6 +85,9 @@ class VCpu:
                            (exitstats.TRAP, exitstats.HCALL, exitstats.ASYNC, exitstats.HCALL_SLOTS))
         sync = None if type(memory).on_irq is GuestMemory.on_irq else self._sync_for_native_halt
         self.exits.connect_halt(line.sleep_target(), line.stop_address(), sync, (exitstats.IRQ, exitstats.HALT_SLEEP))
+        if params.eventfds is not None:
+            sync = None if type(memory).before_notify is GuestMemory.before_notify else self._sync_for_native_notify
+            self.exits.connect_notify(params.eventfds.native_target(), params.eventfds, sync)
         self.exits.enabled = exits.wanted()
 
     # ---- the loop -------------------------------------------------------------
@@ -244,6 +247,14 @@ class VCpu:
         line retired and hands the HALT back to Python, which reports it."""
         try:
             self.sync_on_irq()
+        except GuestFault as fault:
+            self.guest.kill(fault.reason)
+
+    def _sync_for_native_notify(self, value: int) -> None:
+        """The native NOTIFY's sync point, as _service runs it before a claim.  A fault there is the
+        Guest's death, as on the Python path; C then skips the claim and stops emulation."""
+        try:
+            self._before_notify(value)
         except GuestFault as fault:
             self.guest.kill(fault.reason)
 

@@ -64,13 +64,26 @@ it is in through `halting` (VCpu.halted reads both), which matters only to
 other threads that ask (tests waiting for the halt); nothing on the vCPU
 thread runs while C is in HALT except the sync point, which does not look.
 
+What C handles of NOTIFY from ring 1 (lg_native_notify), when the vCPU was
+given the eventfd table (struct lg_eventfds, eventfds.py) and the value is
+registered there: the async ring as above, the memory's sync point before
+a notify (VCpu._sync_for_native_notify, in Python behind the binding's
+guard, mirror mode only), and the claim, i.e. the post to the launcher's
+eventfd, in C without the GIL.  That last part is the point: posted from
+Python, the eventfd woke the launcher's helper, and the vCPU then waited for
+the GIL while an in-process helper ran its whole request.  A value no
+eventfd claims goes back to the launcher through read(): Python's.  A sync
+point that kills the Guest ends the exit as Python's would, without the
+claim; the stop flag then stops emulation before the next block.
+
 What C leaves to Python (returns before it has changed anything, bar the
 ring's prefix above): the feature switched off, no lguest_data yet, a gate
 that is missing or refuses ring 3, #NM while the Guest has not asked for
 TS, any other trap from ring 1, a frame or page-table page that does not
 translate into Guest RAM, a page fault whose page directory slot the Guest
 changed behind our back (the mirror needs a re-copy), the first
-NEW_PGTABLE (it turns paging on), any other hypercall, a Guest that is
+NEW_PGTABLE (it turns paging on), any other hypercall (and a NOTIFY no
+eventfd claims), a Guest that is
 dead, an interrupt request from the device, an LHREQ_IRQ the vCPU has not
 yet looked at, or a pending IRQ the Guest has not blocked.  Python would have acted on those right after the
 exit; here it simply does it all.
@@ -137,6 +150,7 @@ _DEFINES = {
     "LG_HC_TS": abi.LHCALL_TS,
     "LG_HC_FLUSH_TLB": abi.LHCALL_FLUSH_TLB,
     "LG_HC_HALT": abi.LHCALL_HALT,
+    "LG_HC_NOTIFY": abi.LHCALL_NOTIFY,
     "LG_FIRST_EXTERNAL": abi.FIRST_EXTERNAL_VECTOR,
     "LG_LD_TIME": abi.LGUEST_DATA_TIME,
     "LG_LD_IRQ_PENDING": abi.LGUEST_DATA_IRQ_PENDING,
@@ -221,6 +235,11 @@ _CDEF = """
         uint64_t slept_ns;              /* of the exit being handled: left out of its time */
         int halting;                    /* in a native HALT right now (VCpu.halted reports it) */
         int clock_fd;                   /* the Guest's clock event (a timerfd), or -1 */
+        /* NOTIFY (lg_native_notify): the eventfd table, its lookup and claim, the sync point */
+        void *eventfds;                 /* struct lg_eventfds, or NULL: every NOTIFY is Python's */
+        int (*eventfds_has)(void *table, uint64_t value);
+        int (*eventfds_claim)(void *table, uint64_t value, int look_first);
+        void (*sync_notify)(void *uc, uint32_t value, void *user_data);   /* VCpu's, or NULL */
     };
     void lg_intr_hook(void *uc, uint32_t intno, void *user_data);
     int lg_clock_new(void);
@@ -747,6 +766,30 @@ _SOURCE = r"""
         return (int)(x->trap_slot_base + 2 * LG_PAGE_FAULT);
     }
 
+    /* LHCALL_NOTIFY from ring 1 whose value an eventfd claims: what
+     * VCpu._hypercall and the NOTIFY half of VCpu._service do.  Its stats
+     * slot, or -1 for Python (nothing done but the ring's prefix). */
+    static int lg_native_notify(struct lg_exits *x)
+    {
+        uint32_t value = lg_reg(x, LG_REG_EBX);
+        if (!x->eventfds || !x->eventfds_has(x->eventfds, value))
+            return -1;                  /* value 0 is never registered: no NOTIFY at all */
+        int flush = 0, drained = lg_ring_drain(x, &flush);
+        if (flush)
+            x->ctl(x->uc, x->tlb_flush);
+        if (!drained)
+            return -1;                  /* Python goes on from where the drain stopped */
+        if (x->sync_notify) {
+            x->sync_notify(x->uc, value, NULL);
+            if (!__atomic_load_n(x->alive, __ATOMIC_SEQ_CST)) {
+                __atomic_store_n(x->stop_flag, 1, __ATOMIC_SEQ_CST);   /* Python's emu_stop after a kill */
+                return (int)(x->hcall_slot_base + LG_HC_NOTIFY);
+            }
+        }
+        x->eventfds_claim(x->eventfds, value, 1);
+        return (int)(x->hcall_slot_base + LG_HC_NOTIFY);
+    }
+
     /* The exit as C can finish it: its stats slot, or -1 for Python. */
     static int lg_native_exit(struct lg_exits *x, uint32_t intno)
     {
@@ -754,9 +797,12 @@ _SOURCE = r"""
             return -1;
         uint32_t cs = lg_reg(x, LG_REG_CS);
         if (intno == LG_TRAP_ENTRY && (cs & 3) == LG_GUEST_PL) {
-            if (lg_reg(x, LG_REG_EAX) == LG_HC_HALT)
+            uint32_t nr = lg_reg(x, LG_REG_EAX);
+            if (nr == LG_HC_HALT)
                 return lg_native_halt(x);
-            return lg_quiet(x) ? lg_native_hcall(x) : -1;
+            if (!lg_quiet(x))
+                return -1;
+            return nr == LG_HC_NOTIFY ? lg_native_notify(x) : lg_native_hcall(x);
         }
         if (intno == LG_PAGE_FAULT && (cs & 3) == LG_GUEST_PL)
             return lg_kernel_page_fault(x, cs);

@@ -67,6 +67,13 @@ the instant between the look and the write can still hold the write; a
 signal with a do-nothing handler installed without SA_RESTART
 (lg_unblock_signal) then ends it with EINTR, and that increment is dropped
 for the same reason.
+
+struct lg_eventfds is a Guest's eventfd table itself (eventfds.py keeps the
+descriptors' lifetime, this keeps the lookup and the post), so that the
+vCPU's native exits can claim a NOTIFY without Python (cpu/_exits_build.py).
+One mutex covers the entries and the poster: a post registers its thread
+under it and the unblock signal is sent under it, so the thread cannot
+leave (or exit) in between, and after lg_eventfds_stop no new post starts.
 """
 from cffi import FFI
 
@@ -119,12 +126,23 @@ ffibuilder.cdef("""
 
     int lg_unblock_signal(void);
     int lg_eventfd_post(int fd, int look_first);
+
+    struct lg_eventfds;
+    struct lg_eventfds *lg_eventfds_new(void);
+    void lg_eventfds_free(struct lg_eventfds *t);
+    int lg_eventfds_add(struct lg_eventfds *t, uint64_t value, int fd);
+    int lg_eventfds_has(void *t, uint64_t value);
+    int lg_eventfds_claim(void *t, uint64_t value, int look_first);
+    void lg_eventfds_stop(struct lg_eventfds *t);
+    int lg_eventfds_unblock(struct lg_eventfds *t);
 """)
 ffibuilder.set_source("cuse_lguest.cpu._native", r"""
     #include <errno.h>
     #include <poll.h>
+    #include <pthread.h>
     #include <signal.h>
     #include <stdint.h>
+    #include <stdlib.h>
     #include <string.h>
     #include <unistd.h>
     struct lg_stop {
@@ -283,6 +301,119 @@ ffibuilder.set_source("cuse_lguest.cpu._native", r"""
         if (write(fd, &one, sizeof one) == (ssize_t)sizeof one)
             return 1;
         return errno == EINTR ? 0 : -errno;
+    }
+
+    struct lg_eventfds {
+        pthread_mutex_t lock;
+        uint64_t *values;               /* append-only; the first entry for a value wins */
+        int *fds;
+        uint32_t count, room;
+        int closed;                     /* lg_eventfds_stop: no post starts any more */
+        int posting;                    /* a thread is inside a post: `poster` */
+        pthread_t poster;
+    };
+
+    struct lg_eventfds *lg_eventfds_new(void)
+    {
+        struct lg_eventfds *t = calloc(1, sizeof *t);
+        if (t && pthread_mutex_init(&t->lock, NULL) != 0) {
+            free(t);
+            t = NULL;
+        }
+        return t;
+    }
+
+    void lg_eventfds_free(struct lg_eventfds *t)
+    {
+        pthread_mutex_destroy(&t->lock);
+        free(t->values);
+        free(t->fds);
+        free(t);
+    }
+
+    /* 0, or -ENOMEM. */
+    int lg_eventfds_add(struct lg_eventfds *t, uint64_t value, int fd)
+    {
+        int err = 0;
+        pthread_mutex_lock(&t->lock);
+        if (t->count == t->room) {
+            uint32_t room = t->room ? 2 * t->room : 8;
+            uint64_t *values = realloc(t->values, room * sizeof *values);
+            if (values)
+                t->values = values;
+            int *fds = values ? realloc(t->fds, room * sizeof *fds) : NULL;
+            if (fds) {
+                t->fds = fds;
+                t->room = room;
+            } else {
+                err = -ENOMEM;
+            }
+        }
+        if (!err) {
+            t->values[t->count] = value;
+            t->fds[t->count++] = fd;
+        }
+        pthread_mutex_unlock(&t->lock);
+        return err;
+    }
+
+    static int lg_eventfds_find(struct lg_eventfds *t, uint64_t value)
+    {
+        for (uint32_t i = 0; i < t->count; i++)
+            if (t->values[i] == value)
+                return (int)i;
+        return -1;
+    }
+
+    int lg_eventfds_has(void *table, uint64_t value)
+    {
+        struct lg_eventfds *t = table;
+        pthread_mutex_lock(&t->lock);
+        int found = lg_eventfds_find(t, value) >= 0;
+        pthread_mutex_unlock(&t->lock);
+        return found;
+    }
+
+    /* Signal the first eventfd registered for `value`: 1 if there is one
+     * (its increment is dropped once the table is stopped), else 0.  Only
+     * tests pass look_first 0: a launcher filling the eventfd after our look. */
+    int lg_eventfds_claim(void *table, uint64_t value, int look_first)
+    {
+        struct lg_eventfds *t = table;
+        pthread_mutex_lock(&t->lock);
+        int i = lg_eventfds_find(t, value);
+        if (i < 0 || t->closed) {
+            pthread_mutex_unlock(&t->lock);
+            return i >= 0;
+        }
+        int fd = t->fds[i];
+        t->poster = pthread_self();
+        t->posting = 1;
+        pthread_mutex_unlock(&t->lock);
+        lg_eventfd_post(fd, look_first);
+        pthread_mutex_lock(&t->lock);
+        t->posting = 0;
+        pthread_mutex_unlock(&t->lock);
+        return 1;
+    }
+
+    void lg_eventfds_stop(struct lg_eventfds *t)
+    {
+        pthread_mutex_lock(&t->lock);
+        t->closed = 1;
+        pthread_mutex_unlock(&t->lock);
+    }
+
+    /* End a post stuck on a launcher's full eventfd: 1 if one was under way (signalled), else 0. */
+    int lg_eventfds_unblock(struct lg_eventfds *t)
+    {
+        int sig = lg_unblock_signal();
+        pthread_mutex_lock(&t->lock);
+        int posting = t->posting;
+        if (posting && sig > 0)
+            pthread_kill(t->poster, sig);
+        pthread_mutex_unlock(&t->lock);
+        return posting;
     }
 """)
 

@@ -135,6 +135,22 @@ class NativeExits:
         """The Guest's clock event, a timerfd (lg_clock_new), which C arms at SET_CLOCKEVENT."""
         self._x.clock_fd = fd
 
+    def connect_notify(self, table: tuple[int, int, int], owner: object, sync: Callable[[int], None] | None) -> None:
+        """What a native NOTIFY needs: the eventfd table (EventfdTable.native_target(): the table, and
+        the addresses of its lookup and its claim), the object that keeps the table alive (held here
+        as long as this), and the memory's sync point before a notify (None: it does nothing), which
+        runs behind the binding's exception guard with the value."""
+        x = self._x
+        self._eventfds = owner
+        if sync is not None:
+            self._sync_notify = uccallback(self._uc, HOOK_INTR_CFUNC)(lambda _uc, value, _key: sync(value))
+            x.sync_notify = ffi.cast("void (*)(void *, uint32_t, void *)",
+                                     ctypes.cast(self._sync_notify, ctypes.c_void_p).value)
+        address, has, claim = table
+        x.eventfds_has = ffi.cast("int (*)(void *, uint64_t)", has)
+        x.eventfds_claim = ffi.cast("int (*)(void *, uint64_t, int)", claim)
+        x.eventfds = ffi.cast("void *", address)
+
     @property
     def ring_cursor(self):
         """The async ring's cursor, one word both AsyncRing and C use (`cell[0]`)."""

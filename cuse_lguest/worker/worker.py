@@ -78,7 +78,7 @@ def _build(request: dict, line_fds: list[int], stats_fd: int | None, memory_fds:
         handles = MemoryHandles.received(request["memory"], memory_fds)
         params = GuestParams(pid=int(request["pid"]), base=int(request["base"]),
                              pfnlimit=int(request["pfnlimit"]), start=int(request["start"]),
-                             claim_notify=table.claim, memory=handles, name=str(request["name"]),
+                             claim_notify=table.claim, eventfds=table, memory=handles, name=str(request["name"]),
                              stats_fd=stats_fd)
         guest = LguestGuest(params, IrqLine.adopt(line_fds))
     except GuestSetupError as e:

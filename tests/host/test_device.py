@@ -278,7 +278,7 @@ def test_release_destroys_the_guest_and_closes_eventfds():
     h.init()
     efd = os.eventfd(0)
     assert h.write(abi.LHREQ_EVENTFD, 0x1000, efd) == 0
-    ours = h.dev._files[h.fh].eventfds._entries[0][1]
+    ours = h.dev._files[h.fh].eventfds._fds[0]
     os.close(efd)
     h.dev.release(h.fh)
     assert h.guests[0].destroyed
