@@ -13,7 +13,8 @@
 # thread was a per-block hook costing a fifth of guest compute (block-stop), which it
 # needed because of a stale-PC bug (stale-pc); and its check at every block start was a helper
 # call, a tenth of a Linux Guest's shell loop (tb-start-inline), as was the check after every
-# guest load and store (mem-exit).
+# guest load and store (mem-exit). It is built with link-time optimisation and hidden
+# internal symbols, which takes about 4% off a Linux Guest's shell loop (.lto).
 # The sdist is pinned by version AND sha256, so the patches always land on the exact
 # bytes they were written and reviewed against.
 #
@@ -24,12 +25,19 @@ set -euo pipefail
 
 VERSION=2.1.4
 SDIST_SHA256=00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff
-LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart.memexit # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart.memexit
+LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto
 # The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
 # "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
 PATCHES=(fast-store io-permission block-stop stale-pc tb-start-inline mem-exit)
-CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on)
+# The library is built as one optimised unit: only the uc_* API (UNICORN_EXPORT) is visible, so
+# calls between Unicorn's own functions are direct, not through the PLT, and link-time optimisation
+# may inline across files (the TB lookup behind every indirect jump spans four of them). Fat LTO
+# objects keep libunicorn.a, which the wheel also ships, usable by a linker without GCC's LTO;
+# gcc-ar gives its archives the LTO symbol index. No -march: the wheel must run on any x86-64.
+OPT_CFLAGS="-fvisibility=hidden -fno-semantic-interposition -fno-plt -flto=auto -ffat-lto-objects"
+CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DUNICORN_ARCH=x86 -DUNICORN_BUILD_TESTS=on
+	"-DCMAKE_C_FLAGS=$OPT_CFLAGS" "-DCMAKE_AR=$(command -v gcc-ar)" "-DCMAKE_RANLIB=$(command -v gcc-ranlib)")
 # The marker section (non-allocated, so never loaded) that cuse_lguest/unicorn_build.py reads from the built library.
 NOTE_SECTION=.cuse_lguest_build
 
@@ -65,7 +73,7 @@ sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 need_tools() {
 	local t missing=()
-	for t in cmake gcc make patch objcopy sha256sum flock tar; do
+	for t in cmake gcc gcc-ar gcc-ranlib make patch objcopy sha256sum flock tar; do
 		command -v "$t" >/dev/null || missing+=("$t")
 	done
 	[ ${#missing[@]} -eq 0 ] ||
