@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -826,6 +827,61 @@ def hostile_blkrace(server: Server) -> dict:
     return _watched(server, body)
 
 
+BLKRACE_AIM = r"tinyguest: blkrace aim status=(0x[0-9a-f]+) len_at=(0x[0-9a-f]+) big=(\d+)"
+
+
+def _gdb_store(helper: int, status: int, len_at: int, big: int) -> tuple[subprocess.Popen, list[str]]:
+    """gdb on the block helper, making the Guest's store the moment the helper's check returns.
+
+    It stops the helper on entry to check_pointer() for the status descriptor (its gpa, length 1),
+    lets the check run to its return address, writes `big` into the descriptor's length in guest
+    RAM (the memory the Guest shares with the launcher) and lets go.  Both breakpoints are
+    hardware ones: a helper shares its address space with the launcher and the other helpers, so
+    a software breakpoint in the shared text would trap them too.  Its output lines, as they come.
+    """
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        raise Blocked("gdb is not installed")
+    steps = [f"hbreak check_pointer if gpa == {status:#x} && len == 1", "echo ARMED\\n", "continue",
+             "thbreak *(*(unsigned int *)$esp)", "delete 1", "continue",
+             f"set var *(unsigned int *)(guest_base + {len_at:#x}) = {big}", "echo STORED\\n", "detach"]
+    proc = subprocess.Popen([gdb, "-nx", "-batch", "-p", str(helper),
+                             *[arg for step in steps for arg in ("-ex", step)]],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
+    return proc, lines
+
+
+def hostile_blkrace_debugger(server: Server) -> dict:
+    """Finding 6 made deterministic on the genuine path: tinyguest `blkrace store=debugger` under
+    the project's 32-bit launcher, with gdb making the Guest's racing store (the big length) right
+    after the block helper's bounds check of the status descriptor returns.  Everything else is the
+    real launcher, device and Guest; only the store's timing is taken out of the Guest's hands."""
+    def body() -> dict:
+        image = SCRATCH / "blkrace.img"
+        image.write_bytes(bytes(1 << 20))
+        launch = Launch("32", ["test=blkrace", "store=debugger"], ["--verbose", f"--block={image}"])
+        facts: dict = {"aimed": launch.wait_output(BLKRACE_AIM, LAUNCH_TIMEOUT)}
+        if facts["aimed"]:
+            status, len_at, big = re.search(BLKRACE_AIM, launch.output).groups()
+            helper = int(re.search(r"Device block: queue 0 helper (\d+)", launch.output)[1])
+            gdb, lines = _gdb_store(helper, int(status, 16), int(len_at, 16), int(big))
+            facts["armed"] = wait_until(lambda: "ARMED\n" in lines or gdb.poll() is not None, NODE_TIMEOUT)
+            assert launch.proc.stdin is not None
+            launch.proc.stdin.write(b"g")        # the Guest sends its request now
+            launch.proc.stdin.flush()
+            try:
+                gdb.wait(timeout=LAUNCH_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                gdb.kill()
+                gdb.wait()
+            facts["gdb"] = {"returncode": gdb.returncode, "output": "".join(lines)}
+        facts["run"] = launch.finish()
+        return facts
+    return _watched(server, body)
+
+
 HOSTILE_SCENARIOS = ("readonly-file", "exec", "limits", "full-eventfd", "switcher", "devpage")
 
 
@@ -856,7 +912,7 @@ def scenarios() -> list[tuple[str, Callable[[Server], dict]]]:
     out += [(f"hostile-{what}", hostile(what)) for what in HOSTILE_SCENARIOS]
     out += [("hostile-caps", hostile_caps), ("hostile-slow-memory", hostile_slow_memory),
             ("hostile-timer", hostile_timer), ("hostile-userns", hostile_userns),
-            ("hostile-blkrace", hostile_blkrace)]
+            ("hostile-blkrace", hostile_blkrace), ("hostile-blkrace-debugger", hostile_blkrace_debugger)]
     out += [(f"server-killed-{bits}", server_killed(bits)) for bits in ("32", "64")]
     sys.modules["driver"] = sys.modules[__name__]      # linux_guests imports us by name: one copy of the globals
     import linux_guests

@@ -157,3 +157,24 @@ def test_a_guest_racing_a_descriptor_never_makes_the_launcher_write_outside_its_
         assert "killed by signal" not in out and "blkrace FAIL" not in out, scenario.explain(run)
         assert "is outside guest memory" in out, scenario.explain(run)    # the helper refused it
     assert scenario.gave_back(), scenario.explain()
+
+
+@pytest.mark.transports("fuse")
+@pytest.mark.kernel_scenario("hostile-blkrace-debugger")
+def test_a_store_timed_into_the_window_never_makes_the_launcher_write_outside_its_ram(scenario):
+    """Finding 6 on the genuine path, deterministic: the racing store the Guest above cannot time
+    (a few nanoseconds) is made by gdb on the project's 32-bit launcher's block helper, the moment
+    its bounds check of the status descriptor (length 1) returns: the length becomes one that puts
+    the status byte on the launcher's guard page.  Only that store's timing is the debugger's; the
+    launcher, the device and the Guest are the real ones.  The launcher before 7c54f64 reads the
+    length again, writes there and its helper dies of SIGSEGV; the launcher that kept its copy
+    serves the request with the length it checked (reply 1), then refuses the length left big.
+    FUSE only: gdb is on this host, not in the VM."""
+    f, run = scenario.facts, scenario.facts["run"]
+    out = run["output"]
+    assert f["aimed"] and f["armed"] and not run["timed_out"], scenario.explain(run)
+    assert "STORED" in f["gdb"]["output"], scenario.explain(f["gdb"])     # the store came after a passed check
+    assert "killed by signal" not in out and "blkrace FAIL" not in out, scenario.explain(run)
+    assert "tinyguest: blkrace served the checked length: reply=1 " in out, scenario.explain(run)
+    assert "is outside guest memory" in out, scenario.explain(run)
+    assert scenario.gave_back(), scenario.explain()

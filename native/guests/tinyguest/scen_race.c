@@ -24,6 +24,8 @@
  * big: any launcher must refuse it then.  Requests are of a type no device
  * knows, so serving one touches nothing but its status byte.  A launcher
  * that serves the attack request with the big length in place is a FAIL.
+ *
+ * store=debugger takes the timing out of our hands (see blkrace_debugger).
  */
 #include "tinyguest.h"
 
@@ -78,6 +80,53 @@ static uint16_t wait_used(uint16_t idx)
 	return (uint16_t)(used - idx);
 }
 
+/* One attack request, the length as it stands; how long the helper said it made its reply. */
+static uint32_t serve_once(void)
+{
+	uint16_t at = published;
+	vq->avail->ring[at % vq->num] = 0;
+	mb();
+	vq->avail->idx = ++published;
+	hcall(LHCALL_NOTIFY, vq->pfn * PAGE_SIZE, 0, 0, 0);
+	while (vq->used->idx == at)
+		spin();
+	return vq->used->ring[at % vq->num].len;
+}
+
+/*
+ * store=debugger: the same store, timed by the host instead of by us.  We
+ * say where the status descriptor's length lives, wait for a byte on the
+ * console (the host's debugger is watching the helper by then) and send
+ * one attack request with the length 1.  The debugger makes our store, the
+ * big length, the moment the helper's bounds check of that descriptor
+ * returns.  A launcher that reads the length again writes the status byte
+ * into its guard page and its helper dies; one that kept its copy serves
+ * the request with the length it checked.  Then we leave the length big,
+ * which any launcher must refuse.
+ */
+static void blkrace_debugger(volatile uint32_t *len, uint32_t big)
+{
+	static char go[8];
+	struct virtqueue *rx = console_rx_queue();
+	if (!rx) {
+		kputs("tinyguest: blkrace FAIL no virtio console\n");
+		return;
+	}
+	struct vbuf b = { go, sizeof(go), 1 };
+	vq_add(rx, &b, 1);
+	vq_kick(rx);
+	kprintf("tinyguest: blkrace aim status=0x%x len_at=0x%x big=%u\n", PA(&status[0]), PA(len), big);
+	uint32_t got;
+	vq_wait_used(rx, &got);
+	uint32_t flags = irq_save();
+	uint32_t reply = serve_once();
+	kprintf("tinyguest: blkrace served the checked length: reply=%u status=%u\n", reply, status[0]);
+	*len = big;
+	serve_once();
+	irq_restore(flags);
+	kprintf("tinyguest: blkrace FAIL the launcher served a status buffer of %u bytes\n", big);
+}
+
 void scen_blkrace(void)
 {
 	uint32_t sweeps = arg_uint("sweeps", 1);
@@ -97,6 +146,10 @@ void scen_blkrace(void)
 	volatile uint32_t *len = &d[CHAIN - 1].len;
 	vq->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
 	published = vq->avail->idx;
+	if (!strcmp(arg_str("store", "guest"), "debugger")) {
+		blkrace_debugger(len, big);
+		return;
+	}
 	kprintf("tinyguest: blkrace ready chain=%u big=%u\n", CHAIN, big);
 
 	uint32_t flags = irq_save();
