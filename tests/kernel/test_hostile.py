@@ -148,8 +148,9 @@ def test_a_guest_racing_a_descriptor_never_makes_the_launcher_write_outside_its_
     this scenario never won the race in the runs we made (see docs/security.md).  So the tests that
     fail there are the deterministic ones, which make the Guest's store land exactly between the
     two reads: tests/host/test_launcher_race.py and, on this path, the gdb-timed one below; this
-    one runs the attack as a Guest must, and fails if the launcher ever writes outside.  In the VM (one CPU, so the Guest and the helper
-    never run at once) the length is left big at once: the launcher must refuse it there too."""
+    one runs the attack as a Guest must, and fails if the launcher ever writes outside.  In the VM
+    (one CPU, so the Guest and the helper never run at once) the length is left big at once: the
+    launcher must refuse it there too."""
     runs = scenario.facts["runs"]
     for run in runs:
         out = run["output"]
