@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Unicorn 2.1.4 from its PyPI sdist, x86 only, with our patches (fast-store, io-permission,
-# block-stop, stale-pc, tb-start-inline, mem-exit, tlb-min-size),
+# block-stop, stale-pc, tb-start-inline, mem-exit, tlb-min-size, jmp-cache-bits),
 # and print the wheel's path (the only thing on stdout; logs go to stderr).
 #
 #   native/unicorn/build-wheel.sh               the wheel (built once, then cached)
@@ -25,11 +25,11 @@ set -euo pipefail
 
 VERSION=2.1.4
 SDIST_SHA256=00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff
-LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto.tlbmin # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto.tlbmin
+LOCAL_LABEL=cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto.tlbmin.jcache # wheel version: 2.1.4+cuselguest.faststore.blockstop.stalepc.tbstart.memexit.lto.tlbmin.jcache
 # The marker's "patch" names the build (what cuse_lguest/unicorn_build.py looks for);
 # "patches" lists every patch, applied in this order.
 PATCH_NAME=fast-store
-PATCHES=(fast-store io-permission block-stop stale-pc tb-start-inline mem-exit tlb-min-size)
+PATCHES=(fast-store io-permission block-stop stale-pc tb-start-inline mem-exit tlb-min-size jmp-cache-bits)
 # The library is built as one optimised unit: only the uc_* API (UNICORN_EXPORT) is visible, so
 # calls between Unicorn's own functions are direct, not through the PLT, and link-time optimisation
 # may inline across files (the TB lookup behind every indirect jump spans four of them). Fat LTO
